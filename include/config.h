@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/*
+ * config — the daemon's configuration: an INI file read with inih.
+ *
+ * Key names follow mosquitto.conf where the meaning is the same, so values
+ * can be copied across. etc/mqtt-edge-bridge.ini documents every key with
+ * its default; config_init() sets exactly those defaults.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_MAX_BIND 4
+
+enum config_username_mode {
+        USERNAME_FROM_DEVICE = 0, /* what the device sent; the CN if none (default) */
+        USERNAME_FROM_CN,         /* always the certificate CN */
+        USERNAME_FIXED,           /* [bridge] username */
+};
+
+enum config_password_mode {
+        PASSWORD_FROM_DEVICE = 0, /* passed through (default) */
+        PASSWORD_FIXED,           /* [bridge] password */
+        PASSWORD_NONE,            /* never sent */
+};
+
+enum log_level {
+        LOG_LEVEL_ERR = 3, /* syslog priorities, so they map 1:1 to the journal */
+        LOG_LEVEL_WARNING = 4,
+        LOG_LEVEL_NOTICE = 5,
+        LOG_LEVEL_INFO = 6,
+        LOG_LEVEL_DEBUG = 7,
+};
+
+enum log_target {
+        LOG_TARGET_AUTO = 0, /* journal when started by systemd (JOURNAL_STREAM), else stderr */
+        LOG_TARGET_JOURNAL,
+        LOG_TARGET_STDERR,
+};
+
+struct config_listener {
+        char *bind_address[CONFIG_MAX_BIND]; /* "0.0.0.0", "::", ... ; default {"0.0.0.0"} */
+        size_t n_bind;
+        uint16_t port;                /* default 8884 */
+        char *certfile;               /* required: chain, leaf first */
+        char *keyfile;                /* required */
+        char *cafile;                 /* required when require_certificate */
+        char *crlfile;                /* optional */
+        bool require_certificate;     /* default true */
+        int tls_version_min;          /* TLS1_VERSION..TLS1_3_VERSION; "tlsv1.2" default */
+        char *ciphers;                /* TLS <= 1.2 cipher list; NULL = built-in default */
+        char *ciphersuites;           /* TLS 1.3; NULL = OpenSSL default */
+        unsigned handshake_timeout;   /* seconds, default 10 */
+        unsigned session_cache_size;  /* TLS sessions, default 1024 (0 = off) */
+        unsigned session_timeout;     /* seconds, default 86400 */
+};
+
+struct config_upstream {
+        char *host;                   /* default "127.0.0.1"; an absolute path = Unix socket */
+        uint16_t port;                /* default 8883; ignored for a Unix socket */
+        char *cafile;                 /* TLS on when cafile or capath is set */
+        char *capath;
+        char *certfile;               /* optional client certificate of the bridge */
+        char *keyfile;
+        char *server_name;            /* name or IP checked against the SAN; default = host */
+        int tls_version_min;          /* default tlsv1.2 */
+        char *ciphers;
+        char *bind_address;           /* optional local address for outgoing connections */
+        unsigned connect_timeout;     /* seconds, default 10 */
+};
+
+struct config_bridge {
+        char *client_id_prefix;       /* prepended to the device's client id; default "" */
+        enum config_username_mode username_mode; /* username_mode = device|cn|fixed */
+        char *username;               /* for username_mode = fixed */
+        enum config_password_mode password_mode; /* password_mode = device|fixed|none */
+        char *password;               /* for password_mode = fixed */
+        char *mountpoint;             /* e.g. "devices/%c/"; %c = CN, %i = client id; default none */
+        bool clientid_must_match_cn;  /* default false */
+};
+
+struct config_limits {
+        unsigned max_connections;     /* default 1024 (0 = unlimited) */
+        size_t max_packet_size;       /* bytes, default 262144 */
+        unsigned max_inflight_messages; /* per device and direction, default 20 */
+        size_t max_queued_bytes;      /* per device, outgoing to the device, default 1048576 */
+        unsigned max_keepalive;       /* seconds; a device asking for more (or 0) gets this, default 65535 */
+};
+
+struct config_log {
+        enum log_level level;         /* error|warning|notice|info|debug, default info */
+        enum log_target target;       /* auto|journal|stderr, default auto */
+};
+
+struct config {
+        char *path;                   /* the file this was read from */
+        struct config_listener listener;
+        struct config_upstream upstream;
+        struct config_bridge bridge;
+        struct config_limits limits;
+        struct config_log log;
+};
+
+/* Fill *cfg with the documented defaults (strings malloc'ed or NULL). */
+int config_init(struct config *cfg);
+
+/*
+ * Read the file at path over the defaults in *cfg (call config_init first),
+ * then validate the result (required keys, files readable — certificates,
+ * keys, CA, CRL — and consistent settings).
+ * Returns 0, or a negative errno with a message in err of the form
+ * "FILE:LINE: [section] key: reason" (or "FILE: reason" when no line
+ * applies). On failure *cfg holds whatever was read; free it with
+ * config_free(). cfg->path is set to a copy of path.
+ */
+int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
+
+/* Same, from a string (used by tests and the fuzzer); name is used as FILE
+ * in messages; file checks still apply to paths the text names. */
+int config_load_string(struct config *cfg, const char *name, const char *text, char *err, size_t errlen);
+
+/* Free every string cfg owns and zero it. NULL-safe. */
+void config_free(struct config *cfg);
+
+/* "tlsv1.2" → TLS1_2_VERSION etc.; -EINVAL if unknown. */
+int config_parse_tls_version(const char *s);
+
+/* True when [upstream] host is an absolute path: libmosquitto then connects
+ * to that Unix socket (pass port 0), and port is ignored. */
+bool config_upstream_is_socket(const struct config_upstream *u);
+
+/* True when the upstream connection uses TLS (cafile or capath set). */
+bool config_upstream_uses_tls(const struct config_upstream *u);

@@ -1,0 +1,505 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * policy — who a device is upstream, and where its topics go.
+ *
+ * The mountpoint is the only thing that keeps one device out of another's
+ * topics, so every check here errs on the side of refusing: a CN or client
+ * id that could change the shape of the prefix is rejected outright rather
+ * than escaped, because any escaping scheme would have to be understood by
+ * every ACL on the upstream broker too.
+ */
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "policy.h"
+
+/* MQTT 3.1.1 §1.5.3: a UTF-8 string field carries at most 65535 bytes. */
+#define MQTT_STRING_MAX 65535u
+
+/*
+ * MQTT 3.1.1 §1.5.3: well-formed UTF-8 (no overlong forms, no surrogates
+ * U+D800..U+DFFF, nothing above U+10FFFF) and no U+0000. With forbid_ctrl
+ * the C0/C1 control characters are refused too (§1.5.3 says SHOULD NOT;
+ * for a mountpoint we make it MUST, as a control character in a topic
+ * prefix only ever means someone is trying something).
+ */
+static bool utf8_valid(const uint8_t *s, size_t len, bool forbid_ctrl)
+{
+        size_t i = 0;
+
+        while (i < len) {
+                uint8_t c = s[i];
+                uint32_t cp;
+                size_t n;
+
+                if (c < 0x80) {
+                        if (c == 0)
+                                return false;
+                        if (forbid_ctrl && (c < 0x20 || c == 0x7f))
+                                return false;
+                        i++;
+                        continue;
+                }
+                if (c >= 0xc2 && c <= 0xdf) {
+                        n = 1;
+                        cp = c & 0x1f;
+                } else if (c >= 0xe0 && c <= 0xef) {
+                        n = 2;
+                        cp = c & 0x0f;
+                } else if (c >= 0xf0 && c <= 0xf4) {
+                        n = 3;
+                        cp = c & 0x07;
+                } else
+                        return false; /* continuation byte, 0xc0/0xc1 overlong lead, or > 0xf4 */
+
+                if (len - i - 1 < n)
+                        return false;
+                for (size_t k = 1; k <= n; k++) {
+                        if ((s[i + k] & 0xc0) != 0x80)
+                                return false;
+                        cp = (cp << 6) | (s[i + k] & 0x3f);
+                }
+                if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10ffff)
+                        return false; /* overlong or out of range */
+                if (cp >= 0xd800 && cp <= 0xdfff)
+                        return false;
+                if (forbid_ctrl && cp >= 0x80 && cp <= 0x9f)
+                        return false;
+                i += n + 1;
+        }
+        return true;
+}
+
+static bool level_is_dotdot(const uint8_t *s, size_t len)
+{
+        return len == 2 && s[0] == '.' && s[1] == '.';
+}
+
+/* True if any '/'-separated level of s is exactly "..". */
+static bool has_dotdot_level(const uint8_t *s, size_t len)
+{
+        size_t start = 0;
+
+        for (size_t i = 0; i <= len; i++)
+                if (i == len || s[i] == '/') {
+                        if (level_is_dotdot(s + start, i - start))
+                                return true;
+                        start = i + 1;
+                }
+        return false;
+}
+
+/*
+ * A CN or client id substituted into a mountpoint must stay exactly one
+ * topic level: no separator, no wildcard, not a relative level, not empty
+ * (every empty-CN device would share one prefix), and not starting with
+ * '$' (template "%c/" with CN "$SYS" would land in the broker's own tree).
+ */
+static int check_identity_value(const char *v, const char **why)
+{
+        size_t len;
+
+        if (!v) {
+                *why = "identity missing (no certificate CN or client id to substitute)";
+                return -EINVAL;
+        }
+        len = strlen(v);
+        if (len == 0) {
+                *why = "identity to substitute is empty";
+                return -EINVAL;
+        }
+        if (strpbrk(v, "/+#")) {
+                *why = "identity contains '/', '+' or '#' and would change the mountpoint's levels";
+                return -EINVAL;
+        }
+        if (strcmp(v, ".") == 0 || strcmp(v, "..") == 0) {
+                *why = "identity is '.' or '..'";
+                return -EINVAL;
+        }
+        if (v[0] == '$') {
+                *why = "identity starts with '$' (reserved for the broker, MQTT 3.1.1 §4.7.2)";
+                return -EINVAL;
+        }
+        if (!utf8_valid((const uint8_t *) v, len, true)) {
+                *why = "identity is not valid UTF-8 or contains control characters (MQTT 3.1.1 §1.5.3)";
+                return -EINVAL;
+        }
+        return 0;
+}
+
+int policy_mountpoint_expand(const char *template, const char *cn, const char *client_id,
+                             char **out, const char **why)
+{
+        const char *dummy;
+        char *buf = NULL;
+        size_t size = 0;
+        FILE *f;
+        int r = 0;
+
+        if (!why)
+                why = &dummy;
+        *why = NULL;
+        *out = NULL;
+        if (!template || !*template)
+                return 0;
+
+        f = open_memstream(&buf, &size);
+        if (!f)
+                return -ENOMEM;
+
+        for (const char *p = template; *p; p++) {
+                const char *v;
+
+                if (*p != '%') {
+                        fputc(*p, f);
+                        continue;
+                }
+                switch (p[1]) {
+                case '%':
+                        fputc('%', f);
+                        p++;
+                        continue;
+                case 'c':
+                        v = cn;
+                        break;
+                case 'i':
+                        v = client_id;
+                        break;
+                case '\0':
+                        *why = "mountpoint ends with a lone '%' (write '%%' for a literal '%')";
+                        r = -EINVAL;
+                        goto finish;
+                default:
+                        *why = "mountpoint has an unknown '%' sequence (only %c, %i and %% are known)";
+                        r = -EINVAL;
+                        goto finish;
+                }
+                r = check_identity_value(v, why);
+                if (r < 0)
+                        goto finish;
+                fputs(v, f);
+                p++;
+        }
+
+finish:
+        if (fclose(f) != 0 && r == 0)
+                r = -ENOMEM;
+        if (r < 0)
+                goto fail;
+
+        if (size > MQTT_STRING_MAX) {
+                *why = "mountpoint longer than 65535 bytes (MQTT 3.1.1 §1.5.3)";
+                r = -EINVAL;
+                goto fail;
+        }
+        if (!utf8_valid((const uint8_t *) buf, size, true)) {
+                *why = "mountpoint is not valid UTF-8 or contains control characters (MQTT 3.1.1 §1.5.3)";
+                r = -EINVAL;
+                goto fail;
+        }
+        if (strpbrk(buf, "+#")) {
+                *why = "mountpoint contains a wildcard '+' or '#' (MQTT 3.1.1 §4.7.1)";
+                r = -EINVAL;
+                goto fail;
+        }
+        if (has_dotdot_level((const uint8_t *) buf, size)) {
+                *why = "mountpoint contains a '..' level";
+                r = -EINVAL;
+                goto fail;
+        }
+        /* Without a trailing '/', "devices/a" + "b/x" would be device "ab"'s
+         * "x": the prefix must end a level to confine anything. */
+        if (buf[size - 1] != '/') {
+                *why = "mountpoint must end with '/' (otherwise device \"a\" could reach device \"ab\"'s topics)";
+                r = -EINVAL;
+                goto fail;
+        }
+        *out = buf;
+        return 0;
+
+fail:
+        free(buf);
+        return r;
+}
+
+/* mountpoint + s[0..len), NUL-terminated, or -ENAMETOOLONG past §1.5.3's limit. */
+static int join(const char *mountpoint, const uint8_t *s, size_t len, char **out)
+{
+        size_t mlen = mountpoint ? strlen(mountpoint) : 0;
+        char *p;
+
+        if (len > MQTT_STRING_MAX || mlen > MQTT_STRING_MAX - len)
+                return -ENAMETOOLONG;
+        p = malloc(mlen + len + 1);
+        if (!p)
+                return -ENOMEM;
+        if (mlen)
+                memcpy(p, mountpoint, mlen);
+        if (len)
+                memcpy(p + mlen, s, len);
+        p[mlen + len] = '\0';
+        *out = p;
+        return 0;
+}
+
+/* Checks shared by topic names and filters once a mountpoint applies. */
+static int check_confined(const uint8_t *s, size_t len)
+{
+        if (s[0] == '$')
+                return -EPERM; /* §4.7.2: $-topics are the broker's, not under our prefix */
+        if (has_dotdot_level(s, len))
+                return -EPERM;
+        return 0;
+}
+
+int policy_topic_to_upstream(const char *mountpoint, const uint8_t *topic, size_t len, char **out)
+{
+        int r;
+
+        *out = NULL;
+        /* §4.7.3: at least one character; §3.3.2.1: no wildcards in a name. */
+        if (!topic || len == 0 || len > MQTT_STRING_MAX)
+                return -EINVAL;
+        if (!utf8_valid(topic, len, false))
+                return -EINVAL;
+        if (memchr(topic, '+', len) || memchr(topic, '#', len))
+                return -EINVAL;
+
+        if (mountpoint && *mountpoint) {
+                r = check_confined(topic, len);
+                if (r < 0)
+                        return r;
+        } else
+                mountpoint = NULL;
+
+        return join(mountpoint, topic, len, out);
+}
+
+/* §4.7.1.2 / §4.7.1.3: '#' only alone as the last level, '+' only alone. */
+static bool filter_valid(const uint8_t *s, size_t len)
+{
+        size_t start = 0;
+
+        for (size_t i = 0; i <= len; i++) {
+                size_t n;
+
+                if (i < len && s[i] != '/')
+                        continue;
+                n = i - start;
+                for (size_t k = start; k < i; k++)
+                        if ((s[k] == '+' || s[k] == '#') && n != 1)
+                                return false;
+                if (n == 1 && s[start] == '#' && i != len)
+                        return false;
+                start = i + 1;
+        }
+        return true;
+}
+
+int policy_filter_to_upstream(const char *mountpoint, const uint8_t *filter, size_t len, char **out)
+{
+        int r;
+
+        *out = NULL;
+        if (!filter || len == 0 || len > MQTT_STRING_MAX) /* §4.7.3 */
+                return -EINVAL;
+        if (!utf8_valid(filter, len, false))
+                return -EINVAL;
+        if (!filter_valid(filter, len))
+                return -EINVAL;
+
+        if (mountpoint && *mountpoint) {
+                /* The mountpoint ends with '/', so a leading "#" or "+" stays a
+                 * whole level below it: "#" → "devices/a/#". */
+                r = check_confined(filter, len);
+                if (r < 0)
+                        return r;
+        } else
+                mountpoint = NULL;
+
+        return join(mountpoint, filter, len, out);
+}
+
+int policy_topic_from_upstream(const char *mountpoint, const char *topic, size_t *out_offset)
+{
+        size_t mlen;
+
+        *out_offset = 0;
+        if (!topic)
+                return -EINVAL;
+        if (!mountpoint || !*mountpoint)
+                return 0;
+
+        mlen = strlen(mountpoint);
+        /* A topic equal to the mountpoint would reach the device as "", which
+         * §4.7.3 forbids; "devices/a/#" matches "devices/a" too (§4.7.1.2),
+         * and that one is not the device's either. */
+        if (strncmp(topic, mountpoint, mlen) != 0 || topic[mlen] == '\0')
+                return -ENOENT;
+        *out_offset = mlen;
+        return 0;
+}
+
+int policy_client_id(const struct config_bridge *b, const char *cn, const uint8_t *client_id,
+                     size_t len, uint32_t nonce, char **out)
+{
+        const char *prefix = b && b->client_id_prefix ? b->client_id_prefix : "";
+        size_t plen = strlen(prefix);
+        char *p;
+
+        *out = NULL;
+        if (len == 0) {
+                /* §3.1.3.1: an empty id with clean session asks the server to
+                 * assign one; the upstream broker would, but then the id would
+                 * not carry the prefix or say which device this is. */
+                char suffix[10];
+                size_t clen;
+
+                if (!cn || !*cn)
+                        return -EINVAL;
+                clen = strlen(cn);
+                snprintf(suffix, sizeof(suffix), "-%08x", (unsigned) nonce);
+                if (plen + clen + 9 > MQTT_STRING_MAX)
+                        return -EINVAL;
+                if (asprintf(&p, "%s%s%s", prefix, cn, suffix) < 0)
+                        return -ENOMEM;
+                *out = p;
+                return 0;
+        }
+
+        if (!client_id || memchr(client_id, '\0', len))
+                return -EINVAL; /* §1.5.3: U+0000 is not allowed */
+        if (len > MQTT_STRING_MAX || plen > MQTT_STRING_MAX - len)
+                return -EINVAL;
+        p = malloc(plen + len + 1);
+        if (!p)
+                return -ENOMEM;
+        memcpy(p, prefix, plen);
+        memcpy(p + plen, client_id, len);
+        p[plen + len] = '\0';
+        *out = p;
+        return 0;
+}
+
+bool policy_client_id_allowed(const struct config_bridge *b, const char *cn, const uint8_t *client_id,
+                              size_t len)
+{
+        if (!b || !b->clientid_must_match_cn)
+                return true;
+        /* An empty id would get a generated one, which is not the CN either. */
+        if (!cn || !client_id || len == 0)
+                return false;
+        return strlen(cn) == len && memcmp(cn, client_id, len) == 0;
+}
+
+static char *memdup_nul(const uint8_t *s, size_t len)
+{
+        char *p = malloc(len + 1);
+
+        if (!p)
+                return NULL;
+        if (len)
+                memcpy(p, s, len);
+        p[len] = '\0';
+        return p;
+}
+
+int policy_credentials(const struct config_bridge *b, const char *cn,
+                       const uint8_t *dev_user, size_t dev_user_len,
+                       const uint8_t *dev_pass, size_t dev_pass_len,
+                       char **user, char **pass, size_t *pass_len)
+{
+        char *u = NULL, *pw = NULL;
+        size_t pwlen = 0;
+        int r;
+
+        *user = NULL;
+        *pass = NULL;
+        *pass_len = 0;
+        if (!b)
+                return -EINVAL;
+
+        switch (b->username_mode) {
+        case USERNAME_FROM_DEVICE:
+                if (dev_user) {
+                        /* §3.1.3.4: a UTF-8 string, so no U+0000; libmosquitto
+                         * takes a C string and would cut it short. */
+                        if (memchr(dev_user, '\0', dev_user_len))
+                                return -EINVAL;
+                        u = memdup_nul(dev_user, dev_user_len);
+                        if (!u)
+                                return -ENOMEM;
+                } else if (cn) {
+                        u = strdup(cn);
+                        if (!u)
+                                return -ENOMEM;
+                }
+                break;
+        case USERNAME_FROM_CN:
+                if (cn) {
+                        u = strdup(cn);
+                        if (!u)
+                                return -ENOMEM;
+                }
+                break;
+        case USERNAME_FIXED:
+                if (!b->username)
+                        return -EINVAL;
+                u = strdup(b->username);
+                if (!u)
+                        return -ENOMEM;
+                break;
+        default:
+                return -EINVAL;
+        }
+
+        switch (b->password_mode) {
+        case PASSWORD_FROM_DEVICE:
+                if (dev_pass) {
+                        pw = memdup_nul(dev_pass, dev_pass_len);
+                        if (!pw) {
+                                r = -ENOMEM;
+                                goto fail;
+                        }
+                        pwlen = dev_pass_len;
+                }
+                break;
+        case PASSWORD_FIXED:
+                if (!b->password) {
+                        r = -EINVAL;
+                        goto fail;
+                }
+                pw = strdup(b->password);
+                if (!pw) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                pwlen = strlen(pw);
+                break;
+        case PASSWORD_NONE:
+                break;
+        default:
+                r = -EINVAL;
+                goto fail;
+        }
+
+        /* §3.1.2.9: no password without a user name in MQTT 3.1.1; sending
+         * one anyway gets the device a protocol error it cannot explain. */
+        if (pw && !u) {
+                r = -EINVAL;
+                goto fail;
+        }
+
+        *user = u;
+        *pass = pw;
+        *pass_len = pwlen;
+        return 0;
+
+fail:
+        free(u);
+        free(pw);
+        return r;
+}
