@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/*
+ * session — one device: its TLS connection, its MQTT 3.1/3.1.1 session
+ * (device side) and its upstream client.
+ *
+ * Lifecycle: TLS handshake (bounded by handshake_timeout) → CONNECT
+ * (bounded by the same timeout) → upstream connect → CONNACK with the
+ * upstream broker's return code → traffic both ways → close. A session
+ * never frees itself inside a callback: session_close() moves it to the
+ * bridge's reap list and the reaper frees it on the next loop turn.
+ */
+
+#include <stdbool.h>
+#include <sys/socket.h>
+
+struct bridge;
+struct session;
+
+/* Take ownership of an accepted, non-blocking socket and start the TLS
+ * handshake. Returns 0, or a negative errno (fd closed). */
+int session_new(struct bridge *b, int fd, const struct sockaddr *peer, socklen_t peer_len);
+
+/* Free a session that was closed (on the reap list), or any session at
+ * shutdown. Ends its upstream client: gracefully after a device
+ * DISCONNECT, without DISCONNECT otherwise (so the will fires). */
+void session_free(struct session *s);
+
+/* Close for shutdown: close_notify to the device, then session_free. */
+void session_shutdown(struct session *s);
+
+/* Unlink s from the reap list and return the next one (used by the reaper). */
+struct session *session_reap_next(struct bridge *b);

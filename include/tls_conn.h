@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/*
+ * tls_conn — one non-blocking OpenSSL server connection on a socket.
+ *
+ * Level-triggered use: after every call, ask tls_conn_poll_events() which
+ * epoll events to wait for. The read-wants-write / write-wants-read cases
+ * (a TLS record that needs the other direction to progress) are tracked
+ * here, as in redis's tls.c. Bytes that OpenSSL already decrypted are not
+ * visible to epoll: tls_conn_read() must be called until it returns
+ * -EAGAIN, or tls_conn_pending() consulted, or packets are stranded.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <openssl/ssl.h>
+
+#include "tls_server.h"
+
+struct tls_conn {
+        SSL *ssl;
+        int fd;                 /* not owned: the caller closes it */
+        bool handshake_done;
+        bool read_wants_write;  /* last SSL_read needs the socket writable */
+        bool write_wants_read;  /* last SSL_write needs the socket readable */
+        bool want_write;        /* handshake or write blocked on EPOLLOUT */
+        bool eof;
+        struct tls_verify_info verify;
+};
+
+/* Wrap fd with a new SSL from ctx, server side. Returns 0 or -ENOMEM. */
+int tls_conn_init(struct tls_conn *c, SSL_CTX *ctx, int fd);
+
+/* Free the SSL (no close_notify is sent). NULL-safe, idempotent. */
+void tls_conn_done(struct tls_conn *c);
+
+/*
+ * Drive the handshake. Returns 1 when complete, 0 when it needs more I/O
+ * (see tls_conn_poll_events), or a negative errno on failure with a reason
+ * (OpenSSL's, or the certificate verification error) in why.
+ */
+int tls_conn_handshake(struct tls_conn *c, char *why, size_t whylen);
+
+/*
+ * Read decrypted bytes. Returns the count (> 0), -EAGAIN when nothing more
+ * is available now, 0 at the end of the stream (close_notify or TCP FIN),
+ * or -EIO / -ECONNRESET with why set.
+ */
+ssize_t tls_conn_read(struct tls_conn *c, void *buf, size_t len, char *why, size_t whylen);
+
+/* Write up to len bytes. Returns the count written (> 0), -EAGAIN, or a
+ * negative errno with why set. Partial writes happen. */
+ssize_t tls_conn_write(struct tls_conn *c, const void *buf, size_t len, char *why, size_t whylen);
+
+/* Send close_notify once, best effort, never blocks. */
+void tls_conn_shutdown(struct tls_conn *c);
+
+/* EPOLLIN/EPOLLOUT to wait for, given whether the caller has bytes queued
+ * to write (has_output) and wants input at all (want_input). */
+unsigned tls_conn_poll_events(const struct tls_conn *c, bool has_output, bool want_input);
+
+/* Bytes OpenSSL holds decrypted (or a whole record buffered). */
+bool tls_conn_pending(const struct tls_conn *c);

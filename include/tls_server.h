@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/*
+ * tls_server — the OpenSSL context of the device listener.
+ *
+ * Built for what an ESP8266 (BearSSL) can do (see BEARSSL-FACTS.md):
+ * TLS 1.2 minimum by default, ECDHE with AES-GCM / ChaCha20 and the CBC
+ * suites of setCiphersLessSecure(), a server-side session cache with a
+ * session id context (BearSSL resumes by session ID only), Maximum
+ * Fragment Length honoured (OpenSSL 3 does it by itself), released idle
+ * buffers, no renegotiation, client certificates verified against the CA
+ * and the CRL.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <openssl/ssl.h>
+
+#include "config.h"
+
+/* The cipher list used when [listener] ciphers is not set. */
+extern const char tls_server_default_ciphers[];
+
+/*
+ * Make the listener's SSL_CTX from [listener]. Loads certfile (chain),
+ * keyfile, cafile, crlfile now, so any problem shows at start-up or reload.
+ * Returns 0 and *out (caller owns: SSL_CTX_free), or a negative errno with
+ * a message in err naming the file and OpenSSL's reason.
+ */
+int tls_server_ctx_new(const struct config_listener *l, SSL_CTX **out, char *err, size_t errlen);
+
+/*
+ * Per-connection verification notes, filled by the verify callback while
+ * the handshake runs, so the failure can be logged with the subject of the
+ * certificate the device presented and OpenSSL's reason.
+ */
+struct tls_verify_info {
+        char subject[256];   /* of the leaf (depth 0), "" if none seen */
+        char reason[128];    /* first verification error, "" if none */
+};
+
+/* Attach info to ssl (before the handshake). info must outlive ssl. */
+void tls_server_attach_verify_info(SSL *ssl, struct tls_verify_info *info);
+
+/*
+ * The CN of the verified peer certificate, copied into buf (NUL-terminated).
+ * Returns 0; -ENOENT when the peer sent no certificate; -EINVAL when its
+ * subject has no CN or the CN contains a NUL or is longer than buf.
+ */
+int tls_server_peer_cn(SSL *ssl, char *buf, size_t len);
+
+/*
+ * Make the upstream (client) SSL_CTX from [upstream], shared by every
+ * libmosquitto client through MOSQ_OPT_SSL_CTX. libmosquitto applies no
+ * verification to a context passed this way, so this sets it all:
+ * SSL_VERIFY_PEER, the CA file/path, and the name or IP that must appear in
+ * the broker's SAN (server_name, default host) via X509_VERIFY_PARAM.
+ * Returns 0 and *out (NULL when [upstream] has no CA: plain TCP / Unix
+ * socket), or a negative errno with a message in err.
+ */
+int tls_client_ctx_new(const struct config_upstream *u, SSL_CTX **out, char *err, size_t errlen);

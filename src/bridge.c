@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <systemd/sd-daemon.h>
+
+#include "bridge.h"
+#include "listener.h"
+#include "log.h"
+#include "session.h"
+#include "tls_server.h"
+#include "upstream.h"
+
+static int bridge_on_reap(sd_event_source *s, void *userdata)
+{
+        struct bridge *b = userdata;
+        struct session *dead;
+
+        while ((dead = session_reap_next(b)))
+                session_free(dead);
+        return 0;
+}
+
+void bridge_schedule_reap(struct bridge *b)
+{
+        sd_event_source_set_enabled(b->reaper, SD_EVENT_ONESHOT);
+}
+
+void bridge_notify_status(struct bridge *b)
+{
+        unsigned open = 0, connected = 0;
+
+        if (b->upstreams)
+                upstream_pool_count(b->upstreams, &open, &connected);
+        sd_notifyf(0, "STATUS=%u device%s connected, %u upstream session%s up, %u TLS connection%s",
+                   b->n_devices, b->n_devices == 1 ? "" : "s", connected, connected == 1 ? "" : "s",
+                   b->n_sessions, b->n_sessions == 1 ? "" : "s");
+}
+
+int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
+{
+        char err[512] = "";
+        SSL_CTX *up_ctx = NULL;
+        int r;
+
+        memset(b, 0, sizeof *b);
+        b->event = sd_event_ref(event);
+        b->cfg = *cfg;
+        memset(cfg, 0, sizeof *cfg);
+        b->nonce = (uint32_t) time(NULL) ^ ((uint32_t) getpid() << 16);
+
+        r = tls_server_ctx_new(&b->cfg.listener, &b->device_ctx, err, sizeof err);
+        if (r < 0) {
+                log_error("%s", err);
+                return r;
+        }
+        r = tls_client_ctx_new(&b->cfg.upstream, &up_ctx, err, sizeof err);
+        if (r < 0) {
+                log_error("%s", err);
+                return r;
+        }
+        r = upstream_pool_new(event, &b->cfg.upstream, up_ctx, &b->upstreams);
+        SSL_CTX_free(up_ctx);
+        if (r < 0) {
+                log_error("cannot set up the upstream pool: %s", strerror(-r));
+                return r;
+        }
+        r = sd_event_add_defer(event, &b->reaper, bridge_on_reap, b);
+        if (r < 0)
+                return r;
+        sd_event_source_set_enabled(b->reaper, SD_EVENT_OFF);
+
+        for (size_t i = 0; i < b->cfg.listener.n_bind; i++) {
+                r = listener_new(b, b->cfg.listener.bind_address[i], b->cfg.listener.port, &b->listeners[i]);
+                if (r < 0)
+                        return r;
+                b->n_listeners++;
+                log_notice("listening for devices on %s port %u", b->cfg.listener.bind_address[i],
+                           listener_port(b->listeners[i]));
+        }
+        if (b->cfg.upstream.host[0] == '/')
+                log_notice("upstream broker: Unix socket %s", b->cfg.upstream.host);
+        else
+                log_notice("upstream broker: %s port %u, %s", b->cfg.upstream.host, b->cfg.upstream.port,
+                           b->cfg.upstream.cafile || b->cfg.upstream.capath ? "TLS, certificate verified"
+                                                                           : "plain TCP");
+        return 0;
+}
+
+void bridge_stop(struct bridge *b)
+{
+        struct session *s;
+
+        b->stopping = true;
+        for (size_t i = 0; i < b->n_listeners; i++)
+                listener_free(b->listeners[i]);
+        b->n_listeners = 0;
+        while ((s = session_reap_next(b)))
+                session_free(s);
+        while (b->sessions)
+                session_shutdown(b->sessions);
+        upstream_pool_free(b->upstreams);
+        b->upstreams = NULL;
+        sd_event_source_disable_unref(b->reaper);
+        sd_event_source_disable_unref(b->status_timer);
+        SSL_CTX_free(b->device_ctx);
+        config_free(&b->cfg);
+        sd_event_unref(b->event);
+        memset(b, 0, sizeof *b);
+}

@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <systemd/sd-journal.h>
+
+#include "log.h"
+
+static enum log_level log_threshold = LOG_LEVEL_INFO;
+static int log_to_journal;
+
+static const char *const level_names[] = {
+        [LOG_LEVEL_ERR] = "error",     [LOG_LEVEL_WARNING] = "warning",
+        [LOG_LEVEL_NOTICE] = "notice", [LOG_LEVEL_INFO] = "info",
+        [LOG_LEVEL_DEBUG] = "debug",
+};
+
+void log_setup(enum log_level level, enum log_target target)
+{
+        log_threshold = level;
+        if (target == LOG_TARGET_AUTO)
+                log_to_journal = getenv("JOURNAL_STREAM") != NULL;
+        else
+                log_to_journal = target == LOG_TARGET_JOURNAL;
+}
+
+int log_enabled(enum log_level level)
+{
+        return level <= log_threshold;
+}
+
+int log_level_from_string(const char *s)
+{
+        for (int i = LOG_LEVEL_ERR; i <= LOG_LEVEL_DEBUG; i++)
+                if (strcasecmp(s, level_names[i]) == 0)
+                        return i;
+        if (strcasecmp(s, "err") == 0)
+                return LOG_LEVEL_ERR;
+        return -EINVAL;
+}
+
+void log_msg(enum log_level level, const struct log_fields *f, const char *fmt, ...)
+{
+        char msg[1024];
+        va_list ap;
+
+        if (!log_enabled(level))
+                return;
+
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+
+        if (log_to_journal) {
+                /* Empty fields are harmless in the journal, and keep this one
+                 * call instead of 16 combinations. */
+                sd_journal_send("MESSAGE=%s", msg, "PRIORITY=%d", (int) level,
+                                "PEER_ADDRESS=%s", f && f->peer ? f->peer : "",
+                                "DEVICE_CN=%s", f && f->cn ? f->cn : "",
+                                "CLIENT_ID=%s", f && f->client_id ? f->client_id : "",
+                                "REASON=%s", f && f->reason ? f->reason : "",
+                                "SYSLOG_IDENTIFIER=mqtt-edge-bridge", NULL);
+                return;
+        }
+
+        /* stderr: the same facts, key=value after the message so a test or
+         * a person can grep for them. */
+        char extra[512] = "";
+        if (f) {
+                size_t n = 0;
+                if (f->peer)
+                        n += (size_t) snprintf(extra + n, sizeof extra - n, " peer=%s", f->peer);
+                if (f->cn && n < sizeof extra)
+                        n += (size_t) snprintf(extra + n, sizeof extra - n, " cn=\"%s\"", f->cn);
+                if (f->client_id && n < sizeof extra)
+                        n += (size_t) snprintf(extra + n, sizeof extra - n, " client_id=\"%s\"", f->client_id);
+                if (f->reason && n < sizeof extra)
+                        snprintf(extra + n, sizeof extra - n, " reason=\"%s\"", f->reason);
+        }
+        fprintf(stderr, "mqtt-edge-bridge[%s]: %s%s\n", level_names[level], msg, extra);
+}

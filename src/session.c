@@ -1,0 +1,1305 @@
+/* SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+#include <mosquitto.h>
+
+#include "bridge.h"
+#include "list.h"
+#include "log.h"
+#include "mqtt_codec.h"
+#include "policy.h"
+#include "session.h"
+#include "tls_conn.h"
+#include "upstream.h"
+
+#define READ_CHUNK 4096
+#define FLUSH_TIMEOUT_USEC (5 * 1000 * 1000ULL)
+
+enum session_state {
+        S_HANDSHAKE,            /* TLS handshake running */
+        S_WAIT_CONNECT,         /* TLS up, waiting for CONNECT */
+        S_UPSTREAM_CONNECTING,  /* CONNECT received, waiting for the broker's CONNACK */
+        S_ACTIVE,               /* CONNACK 0 sent */
+        S_FLUSHING,             /* last packets (a refusing CONNACK) going out, then close */
+        S_CLOSED,               /* on the reap list */
+};
+
+/* A device PUBLISH (QoS 1/2) waiting for the upstream acknowledgement. */
+struct up_inflight {
+        int mid;
+        uint16_t pid;
+        uint8_t qos;
+};
+
+/* A PUBLISH to the device (QoS 1/2) waiting for PUBACK / PUBREC / PUBCOMP. */
+struct down_inflight {
+        uint16_t pid;
+        uint8_t qos;
+        bool released;          /* QoS 2: PUBREC received, PUBREL sent */
+};
+
+/* A message for the device waiting for an in-flight slot. */
+struct down_queued {
+        struct down_queued *next;
+        uint8_t qos;
+        bool retain;
+        size_t topic_len;
+        size_t payload_len;
+        uint8_t data[];         /* topic, then payload */
+};
+
+/* A device SUBSCRIBE answered once every upstream SUBSCRIBE is. */
+struct pending_sub {
+        struct pending_sub *next;
+        uint16_t pid;
+        int mids[3];            /* upstream SUBSCRIBE per requested QoS, -1 if none */
+        unsigned waiting;
+        size_t count;
+        uint8_t *codes;         /* per entry: granted QoS or 0x80 */
+        int8_t *group;          /* per entry: requested QoS, -1 if refused here */
+};
+
+struct pending_unsub {
+        struct pending_unsub *next;
+        uint16_t pid;
+        int mid;
+};
+
+struct session {
+        struct bridge *b;
+        LIST_FIELDS(struct session, sessions);
+        struct session *reap_next;
+        enum session_state state;
+        int fd;
+        sd_event_source *io;
+        sd_event_source *timer;   /* handshake / CONNECT / keepalive / flush deadline */
+        sd_event_source *resume;  /* deferred input processing */
+        uint32_t events;
+        struct tls_conn tls;
+
+        char peer[INET6_ADDRSTRLEN + 8];
+        char cn[256];
+        char *client_id;          /* as the device sent it */
+        char *mountpoint;         /* expanded, or NULL */
+        uint16_t keepalive;
+        uint8_t protocol_level;
+        bool counted_device;      /* in b->n_devices */
+        bool clean_session;
+        bool clean_disconnect;    /* DISCONNECT received: no will */
+        bool input_paused;        /* in-flight limit reached */
+
+        uint8_t *in;
+        size_t in_len, in_cap;
+        uint8_t *out;
+        size_t out_len, out_off, out_cap;
+
+        struct upstream *up;
+        struct up_inflight *upf;
+        unsigned n_upf;
+        uint16_t *rec;            /* QoS 2 ids PUBREC'd to the device, awaiting PUBREL */
+        unsigned n_rec, cap_rec;
+        struct down_inflight *downf;
+        unsigned n_downf;
+        uint16_t next_pid;
+        struct down_queued *q_head, *q_tail;
+        size_t q_bytes;
+        struct pending_sub *subs;
+        struct pending_unsub *unsubs;
+};
+
+static void session_close(struct session *s, enum log_level level, const char *reason);
+static void session_update_events(struct session *s);
+static void session_process_input(struct session *s);
+static void session_flush(struct session *s);
+
+static const struct config *cfg_of(const struct session *s)
+{
+        return &s->b->cfg;
+}
+
+static struct log_fields session_fields(const struct session *s, const char *reason)
+{
+        return (struct log_fields){
+                .peer = s->peer,
+                .cn = s->cn[0] ? s->cn : NULL,
+                .client_id = s->client_id,
+                .reason = reason,
+        };
+}
+
+static uint64_t now_usec(const struct session *s)
+{
+        uint64_t t = 0;
+        sd_event_now(s->b->event, CLOCK_MONOTONIC, &t);
+        return t;
+}
+
+static void session_set_deadline(struct session *s, uint64_t usec_from_now)
+{
+        if (usec_from_now == 0) {
+                sd_event_source_set_enabled(s->timer, SD_EVENT_OFF);
+                return;
+        }
+        sd_event_source_set_time(s->timer, now_usec(s) + usec_from_now);
+        sd_event_source_set_enabled(s->timer, SD_EVENT_ONESHOT);
+}
+
+/* §3.1.2.10: the server disconnects a client that sends nothing for one
+ * and a half times its keepalive. */
+static void session_arm_keepalive(struct session *s)
+{
+        if (s->keepalive == 0)
+                session_set_deadline(s, 0);
+        else
+                session_set_deadline(s, (uint64_t) s->keepalive * 1500000ULL);
+}
+
+/* ---- output ---- */
+
+/* Reserve n bytes at the end of the output buffer. NULL if over the limit
+ * (max_queued_bytes, counted on top of one packet so a single large
+ * message still fits) or out of memory. */
+static uint8_t *session_out_reserve(struct session *s, size_t n, bool limited)
+{
+        size_t used = s->out_len - s->out_off;
+
+        if (limited && used > 0 && used + n > cfg_of(s)->limits.max_queued_bytes)
+                return NULL;
+        if (s->out_off > 0 && s->out_len + n > s->out_cap) {
+                memmove(s->out, s->out + s->out_off, used);
+                s->out_len = used;
+                s->out_off = 0;
+        }
+        if (s->out_len + n > s->out_cap) {
+                size_t cap = s->out_cap ? s->out_cap : 256;
+                while (cap < s->out_len + n)
+                        cap *= 2;
+                uint8_t *p = realloc(s->out, cap);
+                if (!p)
+                        return NULL;
+                s->out = p;
+                s->out_cap = cap;
+        }
+        uint8_t *p = s->out + s->out_len;
+        s->out_len += n;
+        return p;
+}
+
+static void session_send_ack(struct session *s, enum mqtt_type type, uint16_t pid)
+{
+        uint8_t *p = session_out_reserve(s, 4, false);
+        if (!p) {
+                session_close(s, LOG_LEVEL_ERR, "out of memory");
+                return;
+        }
+        mqtt_encode_ack(p, 4, type, pid);
+}
+
+static void session_send_empty(struct session *s, enum mqtt_type type)
+{
+        uint8_t *p = session_out_reserve(s, 2, false);
+        if (!p) {
+                session_close(s, LOG_LEVEL_ERR, "out of memory");
+                return;
+        }
+        mqtt_encode_empty(p, 2, type);
+}
+
+static void session_send_connack(struct session *s, bool session_present, uint8_t rc)
+{
+        uint8_t *p = session_out_reserve(s, 4, false);
+        if (!p) {
+                session_close(s, LOG_LEVEL_ERR, "out of memory");
+                return;
+        }
+        mqtt_encode_connack(p, 4, session_present, rc);
+}
+
+/* Write what is queued; called when the socket may take it. */
+static void session_flush(struct session *s)
+{
+        char why[256] = "";
+
+        while (s->out_off < s->out_len && s->state != S_CLOSED) {
+                ssize_t n = tls_conn_write(&s->tls, s->out + s->out_off, s->out_len - s->out_off, why, sizeof why);
+                if (n == -EAGAIN)
+                        break;
+                if (n < 0) {
+                        session_close(s, LOG_LEVEL_INFO, why[0] ? why : "write failed");
+                        return;
+                }
+                s->out_off += (size_t) n;
+                s->b->stats.bytes_to_devices += (uint64_t) n;
+        }
+        if (s->out_off == s->out_len) {
+                /* Idle devices are most of them: keep no buffer around. */
+                s->out_off = s->out_len = 0;
+                if (s->out_cap > 4096) {
+                        free(s->out);
+                        s->out = NULL;
+                        s->out_cap = 0;
+                }
+                if (s->state == S_FLUSHING)
+                        session_close(s, LOG_LEVEL_DEBUG, NULL);
+        }
+}
+
+/* ---- upstream → device ---- */
+
+static bool session_pid_in_use(const struct session *s, uint16_t pid)
+{
+        for (unsigned i = 0; i < s->n_downf; i++)
+                if (s->downf[i].pid == pid)
+                        return true;
+        return false;
+}
+
+static uint16_t session_next_pid(struct session *s)
+{
+        /* §2.3.1: non-zero, and not one still in flight. */
+        do {
+                s->next_pid++;
+                if (s->next_pid == 0)
+                        s->next_pid = 1;
+        } while (session_pid_in_use(s, s->next_pid));
+        return s->next_pid;
+}
+
+/* Encode one PUBLISH to the device. Returns 0, or -ENOBUFS when the
+ * output queue is full. */
+static int session_send_publish(struct session *s, const uint8_t *topic, size_t topic_len,
+                                const void *payload, size_t payload_len, uint8_t qos, bool retain)
+{
+        struct mqtt_publish p = {
+                .qos = qos,
+                .retain = retain,
+                .topic = { topic, (uint16_t) topic_len },
+                .payload = payload,
+                .payload_len = payload_len,
+        };
+        size_t len;
+        uint8_t *buf;
+
+        if (topic_len == 0 || topic_len > 65535)
+                return -EINVAL;
+        if (qos > 0) {
+                struct down_inflight *d = realloc(s->downf, (s->n_downf + 1) * sizeof *d);
+                if (!d)
+                        return -ENOMEM;
+                s->downf = d;
+                p.packet_id = session_next_pid(s);
+        }
+        len = mqtt_publish_len(&p);
+        if (len == 0 || (cfg_of(s)->limits.max_packet_size && len > cfg_of(s)->limits.max_packet_size))
+                return -EMSGSIZE;
+        buf = session_out_reserve(s, len, true);
+        if (!buf)
+                return -ENOBUFS;
+        mqtt_encode_publish(buf, len, &p);
+        if (qos > 0)
+                s->downf[s->n_downf++] = (struct down_inflight){ .pid = p.packet_id, .qos = qos };
+        s->b->stats.msgs_to_devices[qos]++;
+        return 0;
+}
+
+/* Move queued messages into free in-flight slots. */
+static void session_drain_queue(struct session *s)
+{
+        while (s->q_head && s->n_downf < cfg_of(s)->limits.max_inflight_messages) {
+                struct down_queued *q = s->q_head;
+                int r = session_send_publish(s, q->data, q->topic_len, q->data + q->topic_len,
+                                             q->payload_len, q->qos, q->retain);
+                if (r == -ENOBUFS)
+                        break;
+                s->q_head = q->next;
+                if (!s->q_head)
+                        s->q_tail = NULL;
+                s->q_bytes -= q->topic_len + q->payload_len;
+                free(q);
+        }
+}
+
+static void up_on_message(void *ud, const struct mosquitto_message *msg)
+{
+        struct session *s = ud;
+        const struct config_limits *lim = &cfg_of(s)->limits;
+        size_t off = 0;
+        int r;
+
+        if (s->state != S_ACTIVE)
+                return;
+        if (policy_topic_from_upstream(s->mountpoint, msg->topic, &off) < 0)
+                return; /* not under this device's mountpoint */
+
+        const uint8_t *topic = (const uint8_t *) msg->topic + off;
+        size_t topic_len = strlen(msg->topic) - off;
+        uint8_t qos = (uint8_t) (msg->qos > 2 ? 2 : msg->qos);
+
+        if (qos > 0 && (s->n_downf >= lim->max_inflight_messages || s->q_head)) {
+                /* Keep order: once anything waits, everything waits. */
+                if (s->q_bytes + topic_len + (size_t) msg->payloadlen > lim->max_queued_bytes) {
+                        r = -ENOBUFS;
+                } else {
+                        struct down_queued *q = malloc(sizeof *q + topic_len + (size_t) msg->payloadlen);
+                        if (!q) {
+                                r = -ENOMEM;
+                        } else {
+                                *q = (struct down_queued){ .qos = qos, .retain = msg->retain,
+                                        .topic_len = topic_len, .payload_len = (size_t) msg->payloadlen };
+                                memcpy(q->data, topic, topic_len);
+                                memcpy(q->data + topic_len, msg->payload, (size_t) msg->payloadlen);
+                                if (s->q_tail)
+                                        s->q_tail->next = q;
+                                else
+                                        s->q_head = q;
+                                s->q_tail = q;
+                                s->q_bytes += topic_len + (size_t) msg->payloadlen;
+                                r = 0;
+                        }
+                }
+        } else {
+                r = session_send_publish(s, topic, topic_len, msg->payload, (size_t) msg->payloadlen,
+                                         qos, msg->retain);
+        }
+        if (r < 0) {
+                struct log_fields f = session_fields(s, r == -EMSGSIZE ? "message over max_packet_size" :
+                                                        "queue full (max_queued_bytes)");
+                s->b->stats.msgs_dropped++;
+                log_msg(LOG_LEVEL_WARNING, &f, "dropped a QoS %u message on %s for the device", qos, msg->topic);
+                return;
+        }
+        session_flush(s);
+        session_update_events(s);
+}
+
+/* ---- device → upstream acknowledgements ---- */
+
+static void session_resume_input(struct session *s)
+{
+        if (s->input_paused && s->n_upf < cfg_of(s)->limits.max_inflight_messages) {
+                s->input_paused = false;
+                sd_event_source_set_enabled(s->resume, SD_EVENT_ONESHOT);
+        }
+}
+
+static void up_on_publish(void *ud, int mid)
+{
+        struct session *s = ud;
+
+        for (unsigned i = 0; i < s->n_upf; i++) {
+                if (s->upf[i].mid != mid)
+                        continue;
+                struct up_inflight f = s->upf[i];
+                s->upf[i] = s->upf[--s->n_upf];
+                if (f.qos == 1) {
+                        /* §4.3.2: PUBACK only now that the broker has it. */
+                        session_send_ack(s, MQTT_PUBACK, f.pid);
+                } else {
+                        /* §4.3.3: PUBREC once the message is safe upstream;
+                         * remember the id until PUBREL so a resend is not
+                         * published twice. */
+                        if (s->n_rec == s->cap_rec) {
+                                unsigned cap = s->cap_rec ? s->cap_rec * 2 : 4;
+                                uint16_t *r = realloc(s->rec, cap * sizeof *r);
+                                if (!r) {
+                                        session_close(s, LOG_LEVEL_ERR, "out of memory");
+                                        return;
+                                }
+                                s->rec = r;
+                                s->cap_rec = cap;
+                        }
+                        s->rec[s->n_rec++] = f.pid;
+                        session_send_ack(s, MQTT_PUBREC, f.pid);
+                }
+                break;
+        }
+        session_flush(s);
+        session_resume_input(s);
+        session_update_events(s);
+}
+
+static void up_on_subscribe(void *ud, int mid, int n, const int *granted)
+{
+        struct session *s = ud;
+        struct pending_sub **pp, *ps;
+
+        for (pp = &s->subs; (ps = *pp); pp = &ps->next) {
+                int g = -1;
+                for (int i = 0; i < 3; i++)
+                        if (ps->mids[i] == mid)
+                                g = i;
+                if (g < 0)
+                        continue;
+                /* The broker's codes come in the order we sent the filters
+                 * of this group; 0x80 passes through (§3.9.3). */
+                int k = 0;
+                for (size_t e = 0; e < ps->count; e++) {
+                        if (ps->group[e] != g)
+                                continue;
+                        ps->codes[e] = k < n ? (uint8_t) granted[k] : MQTT_SUBACK_FAILURE;
+                        k++;
+                }
+                ps->mids[g] = -1;
+                if (--ps->waiting > 0)
+                        return;
+                *pp = ps->next;
+                size_t rem = 2 + ps->count;
+                size_t len = 1 + (rem < 128 ? 1 : rem < 16384 ? 2 : 3) + rem;
+                uint8_t *buf = session_out_reserve(s, len, false);
+                if (buf)
+                        mqtt_encode_suback(buf, len, ps->pid, ps->codes, ps->count);
+                else
+                        session_close(s, LOG_LEVEL_ERR, "out of memory");
+                free(ps->codes);
+                free(ps->group);
+                free(ps);
+                session_flush(s);
+                session_update_events(s);
+                return;
+        }
+}
+
+static void up_on_unsubscribe(void *ud, int mid)
+{
+        struct session *s = ud;
+        struct pending_unsub **pp, *pu;
+
+        for (pp = &s->unsubs; (pu = *pp); pp = &pu->next) {
+                if (pu->mid != mid)
+                        continue;
+                *pp = pu->next;
+                session_send_ack(s, MQTT_UNSUBACK, pu->pid);
+                free(pu);
+                session_flush(s);
+                session_update_events(s);
+                return;
+        }
+}
+
+static void up_on_connect(void *ud, int rc, bool session_present)
+{
+        struct session *s = ud;
+        struct log_fields f;
+
+        if (s->state != S_UPSTREAM_CONNECTING)
+                return;
+        if (rc != 0) {
+                /* §3.2.2.3: pass the broker's refusal on, then close. */
+                char why[64];
+                snprintf(why, sizeof why, "upstream refused: CONNACK %d", rc);
+                f = session_fields(s, why);
+                log_msg(LOG_LEVEL_NOTICE, &f, "device refused by the upstream broker");
+                session_send_connack(s, false, (uint8_t) (rc > 5 ? MQTT_CONNACK_SERVER_UNAVAILABLE : rc));
+                s->state = S_FLUSHING;
+                session_set_deadline(s, FLUSH_TIMEOUT_USEC);
+                session_flush(s);
+                session_update_events(s);
+                return;
+        }
+        s->state = S_ACTIVE;
+        s->counted_device = true;
+        s->b->n_devices++;
+        session_send_connack(s, session_present, MQTT_CONNACK_ACCEPTED);
+        f = session_fields(s, NULL);
+        log_msg(LOG_LEVEL_INFO, &f, "device connected (MQTT %s, keepalive %us, clean session %s, session present %s)",
+                s->protocol_level == MQTT_PROTOCOL_LEVEL_31 ? "3.1" : "3.1.1", s->keepalive,
+                s->clean_session ? "yes" : "no", session_present ? "yes" : "no");
+        bridge_notify_status(s->b);
+        session_flush(s);
+        /* Packets the device sent right behind CONNECT waited for this. */
+        session_process_input(s);
+        session_update_events(s);
+}
+
+static void up_on_lost(void *ud, const char *why)
+{
+        struct session *s = ud;
+        struct log_fields f = session_fields(s, why);
+
+        if (s->state == S_UPSTREAM_CONNECTING) {
+                /* §3.2.2.3 return code 3: the device retries later. */
+                log_msg(LOG_LEVEL_WARNING, &f, "upstream broker unreachable, device refused with CONNACK 3");
+                session_send_connack(s, false, MQTT_CONNACK_SERVER_UNAVAILABLE);
+                s->state = S_FLUSHING;
+                session_set_deadline(s, FLUSH_TIMEOUT_USEC);
+                session_flush(s);
+                session_update_events(s);
+                return;
+        }
+        if (s->state == S_ACTIVE)
+                session_close(s, LOG_LEVEL_WARNING, why);
+}
+
+static const struct upstream_callbacks session_upstream_callbacks = {
+        .on_connect = up_on_connect,
+        .on_lost = up_on_lost,
+        .on_publish = up_on_publish,
+        .on_message = up_on_message,
+        .on_subscribe = up_on_subscribe,
+        .on_unsubscribe = up_on_unsubscribe,
+};
+
+/* ---- device packets ---- */
+
+static char *str_dup(const struct mqtt_str *m)
+{
+        char *s = malloc((size_t) m->len + 1);
+        if (!s)
+                return NULL;
+        if (m->len)
+                memcpy(s, m->data, m->len);
+        s[m->len] = 0;
+        return s;
+}
+
+/* Refuse a CONNECT with a return code (§3.2.2.3), then close. */
+static void session_refuse(struct session *s, uint8_t rc, const char *why)
+{
+        struct log_fields f = session_fields(s, why);
+        log_msg(LOG_LEVEL_NOTICE, &f, "device refused with CONNACK %u", rc);
+        session_send_connack(s, false, rc);
+        s->state = S_FLUSHING;
+        session_set_deadline(s, FLUSH_TIMEOUT_USEC);
+}
+
+static void session_on_connect(struct session *s, const struct mqtt_connect *c)
+{
+        const struct config *cfg = cfg_of(s);
+        struct upstream_params params = { 0 };
+        char *up_id = NULL, *user = NULL, *pass = NULL, *will_topic = NULL;
+        size_t pass_len = 0;
+        const char *why = NULL;
+        int r;
+
+        s->client_id = str_dup(&c->client_id);
+        s->protocol_level = c->protocol_level;
+        s->keepalive = c->keepalive;
+        s->clean_session = c->clean_session;
+        if (!s->client_id) {
+                session_close(s, LOG_LEVEL_ERR, "out of memory");
+                return;
+        }
+        if (!s->cn[0]) {
+                /* No client certificate (require_certificate = false): the
+                 * client id stands in for the identity. */
+                snprintf(s->cn, sizeof s->cn, "%s", s->client_id);
+        }
+
+        /* §3.1.3.1: a zero-byte client id needs clean session
+         * [MQTT-3.1.3-8]; MQTT 3.1 requires 1..23 characters. */
+        if (c->client_id.len == 0 && (!c->clean_session || c->protocol_level == MQTT_PROTOCOL_LEVEL_31)) {
+                session_refuse(s, MQTT_CONNACK_ID_REJECTED, "empty client id without clean session");
+                return;
+        }
+        if (c->protocol_level == MQTT_PROTOCOL_LEVEL_31 && c->client_id.len > 23) {
+                session_refuse(s, MQTT_CONNACK_ID_REJECTED, "MQTT 3.1 client id longer than 23 characters");
+                return;
+        }
+        if (c->client_id.len > 0 && !policy_client_id_allowed(&cfg->bridge, s->cn, c->client_id.data, c->client_id.len)) {
+                session_refuse(s, MQTT_CONNACK_ID_REJECTED, "client id does not match the certificate CN");
+                return;
+        }
+        /* MQTT 3.1.1 has no way to lower a client's keepalive, so one over
+         * the limit (or 0, "never", under a configured limit) is refused. */
+        if (cfg->limits.max_keepalive && (c->keepalive > cfg->limits.max_keepalive ||
+                                          (c->keepalive == 0 && cfg->limits.max_keepalive < 65535))) {
+                session_refuse(s, MQTT_CONNACK_ID_REJECTED, "keepalive over max_keepalive");
+                return;
+        }
+        r = policy_mountpoint_expand(cfg->bridge.mountpoint, s->cn, s->client_id, &s->mountpoint, &why);
+        if (r < 0) {
+                session_refuse(s, MQTT_CONNACK_NOT_AUTHORIZED, why ? why : "mountpoint does not apply to this device");
+                return;
+        }
+        if (c->will_flag) {
+                r = policy_topic_to_upstream(s->mountpoint, c->will_topic.data, c->will_topic.len, &will_topic);
+                if (r < 0) {
+                        session_refuse(s, MQTT_CONNACK_NOT_AUTHORIZED, "will topic outside the mountpoint");
+                        goto out;
+                }
+        }
+        r = policy_client_id(&cfg->bridge, s->cn, c->client_id.data, c->client_id.len, s->b->nonce++, &up_id);
+        if (r < 0) {
+                session_refuse(s, MQTT_CONNACK_ID_REJECTED, "client id too long with the prefix");
+                goto out;
+        }
+        r = policy_credentials(&cfg->bridge, s->cn,
+                               c->has_username ? c->username.data : NULL, c->username.len,
+                               c->has_password ? c->password.data : NULL, c->password.len,
+                               &user, &pass, &pass_len);
+        if (r < 0 || (pass && strlen(pass) != pass_len)) {
+                /* libmosquitto takes the password as a C string. */
+                session_refuse(s, MQTT_CONNACK_BAD_CREDENTIALS, "password cannot be passed upstream");
+                goto out;
+        }
+
+        params = (struct upstream_params){
+                .client_id = up_id,
+                .username = user,
+                .password = pass,
+                .clean_session = c->clean_session,
+                .keepalive = c->keepalive,
+                .protocol_level = c->protocol_level,
+                .will_topic = will_topic,
+                .will_payload = c->will_payload.data,
+                .will_len = c->will_payload.len,
+                .will_qos = c->will_qos,
+                .will_retain = c->will_retain,
+        };
+        r = upstream_connect(s->b->upstreams, &params, &session_upstream_callbacks, s, &s->up, &why);
+        if (r < 0) {
+                struct log_fields f = session_fields(s, why);
+                log_msg(LOG_LEVEL_WARNING, &f, "cannot start the upstream connection");
+                session_refuse(s, MQTT_CONNACK_SERVER_UNAVAILABLE, why);
+                goto out;
+        }
+        s->state = S_UPSTREAM_CONNECTING;
+        session_arm_keepalive(s);
+        {
+                struct log_fields f = session_fields(s, NULL);
+                log_msg(LOG_LEVEL_DEBUG, &f, "CONNECT received, connecting upstream as \"%s\"", up_id);
+        }
+out:
+        free(up_id);
+        free(user);
+        free(pass);
+        free(will_topic);
+}
+
+static void session_on_publish(struct session *s, const struct mqtt_publish *p)
+{
+        char *topic = NULL;
+        int mid = 0, r;
+
+        s->b->stats.msgs_from_devices[p->qos]++;
+
+        if (p->qos == 1) {
+                for (unsigned i = 0; i < s->n_upf; i++)
+                        if (s->upf[i].pid == p->packet_id)
+                                return; /* a resend (DUP) of one already on its way */
+        } else if (p->qos == 2) {
+                for (unsigned i = 0; i < s->n_upf; i++)
+                        if (s->upf[i].pid == p->packet_id)
+                                return;
+                for (unsigned i = 0; i < s->n_rec; i++)
+                        if (s->rec[i] == p->packet_id) {
+                                /* §4.3.3: already ours; answer again, publish once. */
+                                session_send_ack(s, MQTT_PUBREC, p->packet_id);
+                                return;
+                        }
+        }
+
+        r = policy_topic_to_upstream(s->mountpoint, p->topic.data, p->topic.len, &topic);
+        if (r < 0) {
+                /* MQTT 3.1.1 has no negative acknowledgement; like
+                 * mosquitto's ACL, acknowledge and drop, and say so. */
+                struct log_fields f = session_fields(s, "topic outside the mountpoint");
+                log_msg(LOG_LEVEL_WARNING, &f, "PUBLISH to \"%.*s\" denied", (int) p->topic.len,
+                        (const char *) p->topic.data);
+                s->b->stats.publishes_denied++;
+                if (p->qos == 1)
+                        session_send_ack(s, MQTT_PUBACK, p->packet_id);
+                else if (p->qos == 2) {
+                        session_send_ack(s, MQTT_PUBREC, p->packet_id);
+                }
+                return;
+        }
+
+        if (p->qos > 0) {
+                struct up_inflight *n = realloc(s->upf, (s->n_upf + 1) * sizeof *n);
+                if (!n) {
+                        free(topic);
+                        session_close(s, LOG_LEVEL_ERR, "out of memory");
+                        return;
+                }
+                s->upf = n;
+        }
+        r = upstream_publish(s->up, &mid, topic, p->payload, p->payload_len, p->qos, p->retain);
+        free(topic);
+        if (r < 0) {
+                session_close(s, LOG_LEVEL_WARNING, "upstream refused the publish");
+                return;
+        }
+        if (p->qos > 0)
+                s->upf[s->n_upf++] = (struct up_inflight){ .mid = mid, .pid = p->packet_id, .qos = p->qos };
+}
+
+static void session_on_subscribe(struct session *s, const struct mqtt_list *l)
+{
+        struct pending_sub *ps;
+        struct mqtt_list_iter it;
+        struct mqtt_str filter;
+        uint8_t qos;
+        char **filters[3] = { NULL, NULL, NULL };
+        int n[3] = { 0, 0, 0 };
+        size_t e = 0;
+
+        ps = calloc(1, sizeof *ps);
+        if (!ps)
+                goto oom;
+        ps->pid = l->packet_id;
+        ps->count = l->count;
+        ps->mids[0] = ps->mids[1] = ps->mids[2] = -1;
+        ps->codes = calloc(l->count, 1);
+        ps->group = calloc(l->count, 1);
+        for (int g = 0; g < 3; g++)
+                filters[g] = calloc(l->count, sizeof(char *));
+        if (!ps->codes || !ps->group || !filters[0] || !filters[1] || !filters[2])
+                goto oom;
+
+        mqtt_list_iter_init(&it, MQTT_SUBSCRIBE, l);
+        while (mqtt_list_next(&it, &filter, &qos)) {
+                char *up = NULL;
+                if (policy_filter_to_upstream(s->mountpoint, filter.data, filter.len, &up) < 0) {
+                        struct log_fields f = session_fields(s, "filter outside the mountpoint");
+                        log_msg(LOG_LEVEL_WARNING, &f, "SUBSCRIBE to \"%.*s\" refused", (int) filter.len,
+                                (const char *) filter.data);
+                        ps->group[e] = -1;
+                        ps->codes[e] = MQTT_SUBACK_FAILURE;
+                } else {
+                        ps->group[e] = (int8_t) qos;
+                        filters[qos][n[qos]++] = up;
+                }
+                e++;
+        }
+
+        for (int g = 0; g < 3; g++) {
+                if (n[g] == 0)
+                        continue;
+                int mid = 0;
+                if (upstream_subscribe(s->up, &mid, n[g], filters[g], g) < 0) {
+                        for (size_t k = 0; k < ps->count; k++)
+                                if (ps->group[k] == g) {
+                                        ps->group[k] = -1;
+                                        ps->codes[k] = MQTT_SUBACK_FAILURE;
+                                }
+                        continue;
+                }
+                ps->mids[g] = mid;
+                ps->waiting++;
+        }
+        for (int g = 0; g < 3; g++) {
+                for (int k = 0; k < n[g]; k++)
+                        free(filters[g][k]);
+                free(filters[g]);
+                filters[g] = NULL;
+        }
+        ps->next = s->subs;
+        s->subs = ps;
+        if (ps->waiting == 0) {
+                /* Nothing went upstream: answer now. Reuse the path. */
+                ps->waiting = 1;
+                ps->mids[0] = -2;
+                up_on_subscribe(s, -2, 0, NULL);
+        }
+        return;
+oom:
+        for (int g = 0; g < 3; g++)
+                free(filters[g]);
+        if (ps) {
+                free(ps->codes);
+                free(ps->group);
+                free(ps);
+        }
+        session_close(s, LOG_LEVEL_ERR, "out of memory");
+}
+
+static void session_on_unsubscribe(struct session *s, const struct mqtt_list *l)
+{
+        struct mqtt_list_iter it;
+        struct mqtt_str filter;
+        uint8_t qos;
+        char **filters = calloc(l->count, sizeof(char *));
+        int n = 0, mid = 0;
+
+        if (!filters) {
+                session_close(s, LOG_LEVEL_ERR, "out of memory");
+                return;
+        }
+        mqtt_list_iter_init(&it, MQTT_UNSUBSCRIBE, l);
+        while (mqtt_list_next(&it, &filter, &qos)) {
+                char *up = NULL;
+                if (policy_filter_to_upstream(s->mountpoint, filter.data, filter.len, &up) == 0)
+                        filters[n++] = up;
+        }
+        if (n > 0 && upstream_unsubscribe(s->up, &mid, n, filters) == 0) {
+                struct pending_unsub *pu = calloc(1, sizeof *pu);
+                if (pu) {
+                        pu->pid = l->packet_id;
+                        pu->mid = mid;
+                        pu->next = s->unsubs;
+                        s->unsubs = pu;
+                } else {
+                        session_send_ack(s, MQTT_UNSUBACK, l->packet_id);
+                }
+        } else {
+                /* §3.10.4: UNSUBACK even when nothing matched. */
+                session_send_ack(s, MQTT_UNSUBACK, l->packet_id);
+        }
+        for (int k = 0; k < n; k++)
+                free(filters[k]);
+        free(filters);
+}
+
+static void session_on_device_ack(struct session *s, enum mqtt_type type, uint16_t pid)
+{
+        for (unsigned i = 0; i < s->n_downf; i++) {
+                struct down_inflight *d = &s->downf[i];
+                if (d->pid != pid)
+                        continue;
+                if (type == MQTT_PUBACK && d->qos == 1) {
+                        s->downf[i] = s->downf[--s->n_downf];
+                } else if (type == MQTT_PUBREC && d->qos == 2) {
+                        /* §4.3.3: answer PUBREC with PUBREL (also a resent one). */
+                        d->released = true;
+                        session_send_ack(s, MQTT_PUBREL, pid);
+                } else if (type == MQTT_PUBCOMP && d->qos == 2 && d->released) {
+                        s->downf[i] = s->downf[--s->n_downf];
+                }
+                session_drain_queue(s);
+                return;
+        }
+        /* An ack for nothing we sent: harmless, ignore (§4.3). */
+}
+
+/* One whole packet from the device. */
+static void session_handle_packet(struct session *s, const uint8_t *pkt, size_t len)
+{
+        struct mqtt_packet p;
+        const char *why = NULL;
+        int r;
+
+        r = mqtt_parse(pkt, len, &p, &why);
+
+        if (s->state == S_WAIT_CONNECT) {
+                if (r == -EPROTONOSUPPORT) {
+                        /* §3.1.2.2: unacceptable protocol level → CONNACK 1. */
+                        session_refuse(s, MQTT_CONNACK_BAD_PROTOCOL, why ? why : "protocol level not supported");
+                        return;
+                }
+                if (r < 0) {
+                        s->b->stats.protocol_errors++;
+                        session_close(s, LOG_LEVEL_NOTICE, why ? why : "malformed CONNECT");
+                        return;
+                }
+                if (p.type != MQTT_CONNECT) {
+                        /* §3.1.0-1: the first packet must be CONNECT. */
+                        s->b->stats.protocol_errors++;
+                        session_close(s, LOG_LEVEL_NOTICE, "first packet is not CONNECT");
+                        return;
+                }
+                session_on_connect(s, &p.u.connect);
+                return;
+        }
+
+        if (r < 0) {
+                /* §4.8: a malformed packet or protocol violation closes the
+                 * connection; without DISCONNECT the will is published. */
+                s->b->stats.protocol_errors++;
+                session_close(s, LOG_LEVEL_NOTICE, why ? why : "malformed packet");
+                return;
+        }
+
+        switch (p.type) {
+        case MQTT_PUBLISH:
+                session_on_publish(s, &p.u.publish);
+                break;
+        case MQTT_PUBACK:
+        case MQTT_PUBREC:
+        case MQTT_PUBCOMP:
+                session_on_device_ack(s, p.type, p.u.packet_id);
+                break;
+        case MQTT_PUBREL:
+                for (unsigned i = 0; i < s->n_rec; i++)
+                        if (s->rec[i] == p.u.packet_id) {
+                                s->rec[i] = s->rec[--s->n_rec];
+                                break;
+                        }
+                /* §4.3.3: PUBCOMP even for an id we no longer hold. */
+                session_send_ack(s, MQTT_PUBCOMP, p.u.packet_id);
+                break;
+        case MQTT_SUBSCRIBE:
+                session_on_subscribe(s, &p.u.list);
+                break;
+        case MQTT_UNSUBSCRIBE:
+                session_on_unsubscribe(s, &p.u.list);
+                break;
+        case MQTT_PINGREQ:
+                session_send_empty(s, MQTT_PINGRESP);
+                break;
+        case MQTT_DISCONNECT:
+                /* §3.14.4: discard the will; end upstream with DISCONNECT. */
+                s->clean_disconnect = true;
+                session_close(s, LOG_LEVEL_INFO, "DISCONNECT");
+                break;
+        case MQTT_CONNECT:
+                s->b->stats.protocol_errors++;
+                session_close(s, LOG_LEVEL_NOTICE, "second CONNECT [MQTT-3.1.0-2]");
+                break;
+        default:
+                s->b->stats.protocol_errors++;
+                session_close(s, LOG_LEVEL_NOTICE, "packet type a client must not send");
+                break;
+        }
+}
+
+/* Handle every whole packet in the input buffer that may be handled now. */
+static void session_process_input(struct session *s)
+{
+        size_t off = 0;
+
+        while (off < s->in_len) {
+                size_t plen = 0;
+                int r;
+
+                if (s->state != S_WAIT_CONNECT && s->state != S_ACTIVE)
+                        break; /* e.g. waiting for the upstream CONNACK */
+                if (s->state == S_ACTIVE && s->n_upf >= cfg_of(s)->limits.max_inflight_messages) {
+                        /* Back-pressure: read no further until the broker
+                         * acknowledges; TCP then slows the device down. */
+                        s->input_paused = true;
+                        break;
+                }
+                r = mqtt_frame(s->in + off, s->in_len - off, cfg_of(s)->limits.max_packet_size, &plen);
+                if (r == 0)
+                        break;
+                if (r < 0) {
+                        s->b->stats.protocol_errors++;
+                        session_close(s, LOG_LEVEL_NOTICE, r == -EMSGSIZE ? "packet over max_packet_size" :
+                                                           "remaining length over 4 bytes");
+                        return;
+                }
+                session_handle_packet(s, s->in + off, plen);
+                off += plen;
+                if (s->state == S_CLOSED)
+                        return;
+        }
+        if (off > 0) {
+                memmove(s->in, s->in + off, s->in_len - off);
+                s->in_len -= off;
+        }
+        if (s->in_len == 0 && s->in_cap > READ_CHUNK) {
+                free(s->in);
+                s->in = NULL;
+                s->in_cap = 0;
+        }
+        session_flush(s);
+}
+
+static bool session_wants_input(const struct session *s)
+{
+        if (s->state == S_WAIT_CONNECT || s->state == S_ACTIVE)
+                return !s->input_paused;
+        /* While the upstream connects, take a little more (packets pipelined
+         * behind CONNECT) but not without bound. */
+        if (s->state == S_UPSTREAM_CONNECTING)
+                return s->in_len < READ_CHUNK * 4;
+        return false;
+}
+
+/* Read everything OpenSSL and the socket have (SSL_pending drained). */
+static void session_read(struct session *s)
+{
+        char why[256] = "";
+        bool got = false;
+
+        while (session_wants_input(s)) {
+                if (s->in_cap - s->in_len < READ_CHUNK) {
+                        size_t cap = s->in_cap ? s->in_cap * 2 : READ_CHUNK;
+                        size_t limit = cfg_of(s)->limits.max_packet_size + 2 * READ_CHUNK;
+                        if (cap > limit && s->in_cap >= limit)
+                                break;
+                        uint8_t *p = realloc(s->in, cap);
+                        if (!p) {
+                                session_close(s, LOG_LEVEL_ERR, "out of memory");
+                                return;
+                        }
+                        s->in = p;
+                        s->in_cap = cap;
+                }
+                ssize_t n = tls_conn_read(&s->tls, s->in + s->in_len, s->in_cap - s->in_len, why, sizeof why);
+                if (n == -EAGAIN)
+                        break;
+                if (n == 0) {
+                        session_close(s, LOG_LEVEL_INFO, "connection closed by the device");
+                        return;
+                }
+                if (n < 0) {
+                        session_close(s, LOG_LEVEL_INFO, why[0] ? why : "read error");
+                        return;
+                }
+                s->in_len += (size_t) n;
+                s->b->stats.bytes_from_devices += (uint64_t) n;
+                got = true;
+                session_process_input(s);
+                if (s->state == S_CLOSED)
+                        return;
+        }
+        if (got && s->keepalive && (s->state == S_ACTIVE || s->state == S_UPSTREAM_CONNECTING))
+                session_arm_keepalive(s);
+}
+
+static void session_handshake(struct session *s)
+{
+        char why[256] = "";
+        int r = tls_conn_handshake(&s->tls, why, sizeof why);
+
+        if (r == 0)
+                return;
+        if (r < 0) {
+                struct log_fields f = {
+                        .peer = s->peer,
+                        .cn = s->tls.verify.subject[0] ? s->tls.verify.subject : NULL,
+                        .reason = why[0] ? why : "handshake failed",
+                };
+                s->b->stats.handshakes_failed++;
+                log_msg(LOG_LEVEL_NOTICE, &f, "TLS handshake failed, device rejected%s",
+                        s->tls.verify.subject[0] ? "" : " (no certificate seen)");
+                session_close(s, LOG_LEVEL_DEBUG, NULL);
+                return;
+        }
+
+        r = tls_server_peer_cn(s->tls.ssl, s->cn, sizeof s->cn);
+        if (r == -EINVAL) {
+                session_close(s, LOG_LEVEL_NOTICE, "client certificate subject has no usable CN");
+                return;
+        }
+        bool resumed = SSL_session_reused(s->tls.ssl);
+        if (resumed)
+                s->b->stats.handshakes_resumed++;
+        else
+                s->b->stats.handshakes_full++;
+        s->state = S_WAIT_CONNECT;
+        {
+                struct log_fields f = session_fields(s, NULL);
+                log_msg(LOG_LEVEL_INFO, &f, "TLS established: %s %s, %s handshake, max fragment %u",
+                        SSL_get_version(s->tls.ssl), SSL_get_cipher_name(s->tls.ssl),
+                        resumed ? "resumed" : "full",
+                        (unsigned) SSL_SESSION_get_max_fragment_length(SSL_get_session(s->tls.ssl)) ?
+                                256u << SSL_SESSION_get_max_fragment_length(SSL_get_session(s->tls.ssl)) : 0u);
+        }
+        /* The deadline for CONNECT is the handshake timeout again. */
+        session_set_deadline(s, (uint64_t) cfg_of(s)->listener.handshake_timeout * 1000000ULL);
+        session_read(s);
+}
+
+static int session_io(sd_event_source *src, int fd, uint32_t revents, void *userdata)
+{
+        struct session *s = userdata;
+
+        if (s->state == S_HANDSHAKE) {
+                session_handshake(s);
+        } else {
+                if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR) || s->tls.read_wants_write)
+                        session_read(s);
+                if (s->state != S_CLOSED && (revents & EPOLLOUT || s->tls.write_wants_read))
+                        session_flush(s);
+                if (s->state == S_CLOSED)
+                        return 0;
+                /* A write can need a read (write_wants_read) and data may be
+                 * sitting decrypted in OpenSSL: epoll won't say so. */
+                if (session_wants_input(s) && tls_conn_pending(&s->tls))
+                        sd_event_source_set_enabled(s->resume, SD_EVENT_ONESHOT);
+        }
+        if (s->state != S_CLOSED)
+                session_update_events(s);
+        return 0;
+}
+
+static int session_on_resume(sd_event_source *src, void *userdata)
+{
+        struct session *s = userdata;
+
+        session_process_input(s);
+        if (s->state == S_CLOSED)
+                return 0;
+        session_read(s);
+        if (s->state != S_CLOSED)
+                session_update_events(s);
+        return 0;
+}
+
+static int session_on_timer(sd_event_source *src, uint64_t usec, void *userdata)
+{
+        struct session *s = userdata;
+
+        switch (s->state) {
+        case S_HANDSHAKE:
+                s->b->stats.handshakes_failed++;
+                session_close(s, LOG_LEVEL_NOTICE, "TLS handshake timeout");
+                break;
+        case S_WAIT_CONNECT:
+                session_close(s, LOG_LEVEL_NOTICE, "no CONNECT within handshake_timeout");
+                break;
+        case S_FLUSHING:
+                session_close(s, LOG_LEVEL_DEBUG, NULL);
+                break;
+        default:
+                /* §3.1.2.10: 1.5 × keepalive without a packet. */
+                s->b->stats.keepalive_timeouts++;
+                session_close(s, LOG_LEVEL_NOTICE, "keepalive timeout");
+                break;
+        }
+        return 0;
+}
+
+static void session_update_events(struct session *s)
+{
+        uint32_t ev;
+
+        if (s->state == S_CLOSED)
+                return;
+        ev = tls_conn_poll_events(&s->tls, s->out_off < s->out_len, session_wants_input(s));
+        if (ev != s->events) {
+                sd_event_source_set_io_events(s->io, ev);
+                s->events = ev;
+        }
+}
+
+/* ---- life and death ---- */
+
+static void session_close(struct session *s, enum log_level level, const char *reason)
+{
+        if (s->state == S_CLOSED)
+                return;
+        if (reason) {
+                struct log_fields f = session_fields(s, reason);
+                log_msg(level, &f, "device disconnected");
+        }
+        if (s->state == S_ACTIVE || s->state == S_FLUSHING)
+                session_flush(s);
+        s->state = S_CLOSED;
+        sd_event_source_set_enabled(s->io, SD_EVENT_OFF);
+        sd_event_source_set_enabled(s->timer, SD_EVENT_OFF);
+        sd_event_source_set_enabled(s->resume, SD_EVENT_OFF);
+        LIST_REMOVE(sessions, s->b->sessions, s);
+        s->reap_next = s->b->reap;
+        s->b->reap = s;
+        bridge_schedule_reap(s->b);
+}
+
+struct session *session_reap_next(struct bridge *b)
+{
+        struct session *s = b->reap;
+        if (s)
+                b->reap = s->reap_next;
+        return s;
+}
+
+void session_free(struct session *s)
+{
+        if (!s)
+                return;
+        if (s->state != S_CLOSED)
+                LIST_REMOVE(sessions, s->b->sessions, s);
+        upstream_close(s->up, s->clean_disconnect);
+        if (s->counted_device) {
+                s->b->n_devices--;
+                bridge_notify_status(s->b);
+        }
+        s->b->n_sessions--;
+        sd_event_source_disable_unref(s->io);
+        sd_event_source_disable_unref(s->timer);
+        sd_event_source_disable_unref(s->resume);
+        tls_conn_done(&s->tls);
+        if (s->fd >= 0)
+                close(s->fd);
+        while (s->q_head) {
+                struct down_queued *q = s->q_head;
+                s->q_head = q->next;
+                free(q);
+        }
+        while (s->subs) {
+                struct pending_sub *ps = s->subs;
+                s->subs = ps->next;
+                free(ps->codes);
+                free(ps->group);
+                free(ps);
+        }
+        while (s->unsubs) {
+                struct pending_unsub *pu = s->unsubs;
+                s->unsubs = pu->next;
+                free(pu);
+        }
+        free(s->upf);
+        free(s->downf);
+        free(s->rec);
+        free(s->in);
+        free(s->out);
+        free(s->client_id);
+        free(s->mountpoint);
+        free(s);
+}
+
+void session_shutdown(struct session *s)
+{
+        if (s->state != S_HANDSHAKE && s->state != S_CLOSED) {
+                session_flush(s);
+                tls_conn_shutdown(&s->tls);
+        }
+        session_free(s);
+}
+
+static void format_peer(char *buf, size_t len, const struct sockaddr *sa)
+{
+        char host[INET6_ADDRSTRLEN] = "?";
+        unsigned port = 0;
+
+        if (sa->sa_family == AF_INET) {
+                const struct sockaddr_in *in = (const struct sockaddr_in *) sa;
+                inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+                port = ntohs(in->sin_port);
+                snprintf(buf, len, "%s:%u", host, port);
+        } else if (sa->sa_family == AF_INET6) {
+                const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) sa;
+                inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+                port = ntohs(in6->sin6_port);
+                snprintf(buf, len, "[%s]:%u", host, port);
+        } else {
+                snprintf(buf, len, "?");
+        }
+}
+
+int session_new(struct bridge *b, int fd, const struct sockaddr *peer, socklen_t peer_len)
+{
+        struct session *s;
+        int r;
+
+        s = calloc(1, sizeof *s);
+        if (!s) {
+                close(fd);
+                return -ENOMEM;
+        }
+        s->b = b;
+        s->fd = fd;
+        s->state = S_HANDSHAKE;
+        format_peer(s->peer, sizeof s->peer, peer);
+        LIST_PREPEND(sessions, b->sessions, s);
+        b->n_sessions++;
+
+        r = tls_conn_init(&s->tls, b->device_ctx, fd);
+        if (r < 0)
+                goto fail;
+        s->events = EPOLLIN;
+        r = sd_event_add_io(b->event, &s->io, fd, s->events, session_io, s);
+        if (r < 0)
+                goto fail;
+        r = sd_event_add_time(b->event, &s->timer, CLOCK_MONOTONIC, 0, 100 * 1000, session_on_timer, s);
+        if (r < 0)
+                goto fail;
+        r = sd_event_add_defer(b->event, &s->resume, session_on_resume, s);
+        if (r < 0)
+                goto fail;
+        sd_event_source_set_enabled(s->resume, SD_EVENT_OFF);
+        session_set_deadline(s, (uint64_t) b->cfg.listener.handshake_timeout * 1000000ULL);
+        return 0;
+fail:
+        session_free(s);
+        return r;
+}

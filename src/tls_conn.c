@@ -1,0 +1,160 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <openssl/err.h>
+
+#include "tls_conn.h"
+
+int tls_conn_init(struct tls_conn *c, SSL_CTX *ctx, int fd)
+{
+        memset(c, 0, sizeof *c);
+        c->fd = fd;
+        c->ssl = SSL_new(ctx);
+        if (!c->ssl)
+                return -ENOMEM;
+        SSL_set_fd(c->ssl, fd);
+        SSL_set_accept_state(c->ssl);
+        tls_server_attach_verify_info(c->ssl, &c->verify);
+        return 0;
+}
+
+void tls_conn_done(struct tls_conn *c)
+{
+        if (!c || !c->ssl)
+                return;
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+}
+
+/* Turn an SSL error into errno and words. Clears OpenSSL's error queue so
+ * one connection's failure never shows up as the next one's. */
+static int tls_conn_error(struct tls_conn *c, int ret, char *why, size_t whylen)
+{
+        int err = SSL_get_error(c->ssl, ret);
+        unsigned long e;
+
+        switch (err) {
+        case SSL_ERROR_WANT_READ:
+                return -EAGAIN;
+        case SSL_ERROR_WANT_WRITE:
+                c->want_write = true;
+                return -EAGAIN;
+        case SSL_ERROR_ZERO_RETURN:
+                c->eof = true;
+                return 0;
+        case SSL_ERROR_SYSCALL:
+                e = ERR_get_error();
+                if (e == 0) {
+                        /* EOF without close_notify, or a socket error. */
+                        int saved = errno;
+                        snprintf(why, whylen, "%s", saved ? strerror(saved) : "connection closed without TLS close_notify");
+                        ERR_clear_error();
+                        return saved ? -saved : -ECONNRESET;
+                }
+                ERR_error_string_n(e, why, whylen);
+                ERR_clear_error();
+                return -EIO;
+        default:
+                e = ERR_peek_last_error();
+                if (c->verify.reason[0])
+                        snprintf(why, whylen, "%s", c->verify.reason);
+                else if (e && ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
+                        snprintf(why, whylen, "no client certificate");
+                else if (e)
+                        ERR_error_string_n(e, why, whylen);
+                else
+                        snprintf(why, whylen, "TLS error %d", err);
+                ERR_clear_error();
+                return -EPROTO;
+        }
+}
+
+int tls_conn_handshake(struct tls_conn *c, char *why, size_t whylen)
+{
+        int r;
+
+        c->want_write = false;
+        ERR_clear_error();
+        errno = 0;
+        r = SSL_do_handshake(c->ssl);
+        if (r == 1) {
+                c->handshake_done = true;
+                return 1;
+        }
+        r = tls_conn_error(c, r, why, whylen);
+        if (r == 0) {
+                snprintf(why, whylen, "closed during the TLS handshake");
+                return -ECONNRESET;
+        }
+        return r == -EAGAIN ? 0 : r;
+}
+
+ssize_t tls_conn_read(struct tls_conn *c, void *buf, size_t len, char *why, size_t whylen)
+{
+        size_t n = 0;
+        int r;
+
+        c->read_wants_write = false;
+        ERR_clear_error();
+        errno = 0;
+        r = SSL_read_ex(c->ssl, buf, len, &n);
+        if (r == 1)
+                return (ssize_t) n;
+        c->want_write = false;
+        r = tls_conn_error(c, 0, why, whylen);
+        if (r == -EAGAIN && SSL_get_error(c->ssl, 0) == SSL_ERROR_WANT_WRITE)
+                c->read_wants_write = true;
+        return r;
+}
+
+ssize_t tls_conn_write(struct tls_conn *c, const void *buf, size_t len, char *why, size_t whylen)
+{
+        size_t n = 0;
+        int r;
+
+        c->write_wants_read = false;
+        c->want_write = false;
+        ERR_clear_error();
+        errno = 0;
+        r = SSL_write_ex(c->ssl, buf, len, &n);
+        if (r == 1)
+                return (ssize_t) n;
+        r = tls_conn_error(c, 0, why, whylen);
+        if (r == -EAGAIN && SSL_get_error(c->ssl, 0) == SSL_ERROR_WANT_READ)
+                c->write_wants_read = true;
+        if (r == 0) {
+                snprintf(why, whylen, "peer closed the connection");
+                return -EPIPE;
+        }
+        return r;
+}
+
+void tls_conn_shutdown(struct tls_conn *c)
+{
+        if (!c->ssl || !c->handshake_done)
+                return;
+        /* Best effort: one attempt, never wait for the peer's reply. */
+        ERR_clear_error();
+        (void) SSL_shutdown(c->ssl);
+        ERR_clear_error();
+}
+
+unsigned tls_conn_poll_events(const struct tls_conn *c, bool has_output, bool want_input)
+{
+        unsigned ev = 0;
+
+        if (!c->handshake_done)
+                return c->want_write ? EPOLLOUT : EPOLLIN;
+        if (want_input || c->write_wants_read)
+                ev |= EPOLLIN;
+        if ((has_output && !c->write_wants_read) || c->read_wants_write || c->want_write)
+                ev |= EPOLLOUT;
+        return ev;
+}
+
+bool tls_conn_pending(const struct tls_conn *c)
+{
+        return c->ssl && (SSL_pending(c->ssl) > 0 || SSL_has_pending(c->ssl));
+}
