@@ -1,0 +1,173 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * mqtt-edge-bridge-doctor — predicts what an ESP8266 (BearSSL) will say
+ * about a server certificate, and checks a live server the way the device
+ * connects. See mqtt-edge-bridge-doctor(1).
+ */
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "build-config.h"
+#include "doctor_cert.h"
+#include "doctor_connect.h"
+#include "timearg.h"
+
+enum {
+        ARG_CA = 0x100,
+        ARG_NAME,
+        ARG_TIME,
+        ARG_KEY,
+        ARG_CERT,
+        ARG_JSON,
+        ARG_CLIENT_ID,
+        ARG_USERNAME,
+        ARG_PASSWORD,
+        ARG_KEEPALIVE,
+        ARG_TIMEOUT,
+        ARG_TLS_ONLY,
+        ARG_NO_RESUME,
+};
+
+static void usage(FILE *f) {
+        fputs("Usage:\n"
+              "  mqtt-edge-bridge-doctor cert CHAIN.pem --ca CA.crt --name NAME [--key KEY.pem] [--time T] [--json]\n"
+              "  mqtt-edge-bridge-doctor connect HOST:PORT --ca CA.crt [--cert DEV.crt --key DEV.key] [--name NAME]\n"
+              "        [--client-id ID] [--username U] [--password P] [--keepalive S] [--timeout S]\n"
+              "        [--time T] [--tls-only] [--no-resume] [--json]\n"
+              "\n"
+              "  --name NAME   the address or host name the device dials (\"\" = name check off,\n"
+              "                as WiFiClientSecure::connect(IPAddress) does)\n"
+              "  --time T      the device's clock: now, @EPOCH, YYYY-MM-DD[THH:MM[:SS]] (UTC)\n"
+              "\n"
+              "Exit status: 0 the device would succeed, 1 it would not, 2 bad usage or input.\n",
+              f);
+}
+
+static int parse_uint(const char *s, unsigned long max, unsigned long *out) {
+        char *end;
+        unsigned long v;
+
+        errno = 0;
+        v = strtoul(s, &end, 10);
+        if (errno || end == s || *end || v > max || s[0] == '-')
+                return -EINVAL;
+        *out = v;
+        return 0;
+}
+
+int main(int argc, char **argv) {
+        static const struct option options[] = {
+                { "ca", required_argument, NULL, ARG_CA },
+                { "name", required_argument, NULL, ARG_NAME },
+                { "time", required_argument, NULL, ARG_TIME },
+                { "key", required_argument, NULL, ARG_KEY },
+                { "cert", required_argument, NULL, ARG_CERT },
+                { "json", no_argument, NULL, ARG_JSON },
+                { "client-id", required_argument, NULL, ARG_CLIENT_ID },
+                { "username", required_argument, NULL, ARG_USERNAME },
+                { "password", required_argument, NULL, ARG_PASSWORD },
+                { "keepalive", required_argument, NULL, ARG_KEEPALIVE },
+                { "timeout", required_argument, NULL, ARG_TIMEOUT },
+                { "tls-only", no_argument, NULL, ARG_TLS_ONLY },
+                { "no-resume", no_argument, NULL, ARG_NO_RESUME },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, 'V' },
+                {}
+        };
+        const char *ca = NULL, *name = NULL, *key = NULL, *cert = NULL, *client_id = NULL;
+        const char *username = NULL, *password = NULL, *cmd;
+        unsigned long keepalive = 60, timeout = 10;
+        bool json = false, tls_only = false, no_resume = false;
+        time_t at = time(NULL);
+        int c;
+
+        while ((c = getopt_long(argc, argv, "hV", options, NULL)) >= 0) {
+                switch (c) {
+                case ARG_CA: ca = optarg; break;
+                case ARG_NAME: name = optarg; break;
+                case ARG_KEY: key = optarg; break;
+                case ARG_CERT: cert = optarg; break;
+                case ARG_JSON: json = true; break;
+                case ARG_CLIENT_ID: client_id = optarg; break;
+                case ARG_USERNAME: username = optarg; break;
+                case ARG_PASSWORD: password = optarg; break;
+                case ARG_TLS_ONLY: tls_only = true; break;
+                case ARG_NO_RESUME: no_resume = true; break;
+                case ARG_TIME:
+                        if (timearg_parse(optarg, &at) < 0) {
+                                fprintf(stderr, "mqtt-edge-bridge-doctor: --time %s: not a time "
+                                                "(now, @EPOCH or YYYY-MM-DD[THH:MM[:SS]], UTC)\n", optarg);
+                                return 2;
+                        }
+                        break;
+                case ARG_KEEPALIVE:
+                        if (parse_uint(optarg, 65535, &keepalive) < 0) {
+                                fprintf(stderr, "mqtt-edge-bridge-doctor: --keepalive: 0..65535 seconds\n");
+                                return 2;
+                        }
+                        break;
+                case ARG_TIMEOUT:
+                        if (parse_uint(optarg, 3600, &timeout) < 0 || timeout == 0) {
+                                fprintf(stderr, "mqtt-edge-bridge-doctor: --timeout: 1..3600 seconds\n");
+                                return 2;
+                        }
+                        break;
+                case 'h':
+                        usage(stdout);
+                        return 0;
+                case 'V':
+                        puts("mqtt-edge-bridge-doctor " PACKAGE_VERSION);
+                        return 0;
+                default:
+                        usage(stderr);
+                        return 2;
+                }
+        }
+        if (optind >= argc) {
+                usage(stderr);
+                return 2;
+        }
+        cmd = argv[optind++];
+        if (argc - optind != 1) {
+                fprintf(stderr, "mqtt-edge-bridge-doctor %s: expected exactly one %s argument\n", cmd,
+                        strcmp(cmd, "connect") == 0 ? "HOST:PORT" : "CHAIN.pem");
+                return 2;
+        }
+        if (!ca) {
+                fprintf(stderr, "mqtt-edge-bridge-doctor %s: --ca is required (the CA the device trusts)\n", cmd);
+                return 2;
+        }
+
+        if (strcmp(cmd, "cert") == 0) {
+                struct doctor_cert_args a = {
+                        .chain_path = argv[optind], .ca_path = ca, .name = name, .key_path = key,
+                        .at = at, .json = json,
+                };
+
+                if (!name) {
+                        fprintf(stderr, "mqtt-edge-bridge-doctor cert: --name is required: the address or host "
+                                        "name the device dials (--name \"\" for connect(IPAddress))\n");
+                        return 2;
+                }
+                if (cert) {
+                        fprintf(stderr, "mqtt-edge-bridge-doctor cert: --cert is for connect; the chain is the argument\n");
+                        return 2;
+                }
+                return doctor_cert_run(&a);
+        }
+        if (strcmp(cmd, "connect") == 0) {
+                struct doctor_connect_args a = {
+                        .target = argv[optind], .ca_path = ca, .cert_path = cert, .key_path = key,
+                        .name = name, .client_id = client_id, .username = username, .password = password,
+                        .keepalive = (uint16_t) keepalive, .at = at, .timeout_sec = (unsigned) timeout,
+                        .tls_only = tls_only, .no_resume = no_resume, .json = json,
+                };
+                return doctor_connect_run(&a);
+        }
+        fprintf(stderr, "mqtt-edge-bridge-doctor: unknown command \"%s\" (cert or connect)\n", cmd);
+        return 2;
+}
