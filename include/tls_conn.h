@@ -27,6 +27,8 @@ struct tls_conn {
         bool write_wants_read;  /* last SSL_write needs the socket readable */
         bool want_write;        /* handshake or write blocked on EPOLLOUT */
         bool eof;
+        bool failed;            /* a TLS protocol error: the session must not be resumed */
+        bool broken;            /* the socket failed or ended without close_notify */
         struct tls_verify_info verify;
 };
 
@@ -54,7 +56,13 @@ ssize_t tls_conn_read(struct tls_conn *c, void *buf, size_t len, char *why, size
  * negative errno with why set. Partial writes happen. */
 ssize_t tls_conn_write(struct tls_conn *c, const void *buf, size_t len, char *why, size_t whylen);
 
-/* Send close_notify once, best effort, never blocks. */
+/*
+ * End the connection's TLS: send close_notify once (best effort, never
+ * blocks) when the connection is still sound. Either way, unless a TLS
+ * protocol error occurred, mark the session as properly shut down so that
+ * OpenSSL keeps it in the session cache: a device whose Wi-Fi dropped
+ * resumes (BearSSL session ID) instead of paying a full handshake again.
+ */
 void tls_conn_shutdown(struct tls_conn *c);
 
 /* EPOLLIN/EPOLLOUT to wait for, given whether the caller has bytes queued

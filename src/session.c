@@ -221,33 +221,43 @@ static void session_send_connack(struct session *s, bool session_present, uint8_
         mqtt_encode_connack(p, 4, session_present, rc);
 }
 
-/* Write what is queued; called when the socket may take it. */
+/* Write what is queued, as far as the socket takes it. Returns 0, or a
+ * negative errno with why set. Never closes the session. */
+static int session_write_out(struct session *s, char *why, size_t whylen)
+{
+        while (s->out_off < s->out_len) {
+                ssize_t n = tls_conn_write(&s->tls, s->out + s->out_off, s->out_len - s->out_off, why, whylen);
+                if (n == -EAGAIN)
+                        return 0;
+                if (n < 0)
+                        return (int) n;
+                s->out_off += (size_t) n;
+                s->b->stats.bytes_to_devices += (uint64_t) n;
+        }
+        /* Idle devices are most of them: keep no big buffer around. */
+        s->out_off = s->out_len = 0;
+        if (s->out_cap > 4096) {
+                free(s->out);
+                s->out = NULL;
+                s->out_cap = 0;
+        }
+        return 0;
+}
+
+/* Write what is queued; close on a write error, or when a refusal
+ * (S_FLUSHING) has gone out completely. */
 static void session_flush(struct session *s)
 {
         char why[256] = "";
 
-        while (s->out_off < s->out_len && s->state != S_CLOSED) {
-                ssize_t n = tls_conn_write(&s->tls, s->out + s->out_off, s->out_len - s->out_off, why, sizeof why);
-                if (n == -EAGAIN)
-                        break;
-                if (n < 0) {
-                        session_close(s, LOG_LEVEL_INFO, why[0] ? why : "write failed");
-                        return;
-                }
-                s->out_off += (size_t) n;
-                s->b->stats.bytes_to_devices += (uint64_t) n;
+        if (s->state == S_CLOSED || s->state == S_HANDSHAKE)
+                return;
+        if (session_write_out(s, why, sizeof why) < 0) {
+                session_close(s, LOG_LEVEL_INFO, why[0] ? why : "write failed");
+                return;
         }
-        if (s->out_off == s->out_len) {
-                /* Idle devices are most of them: keep no buffer around. */
-                s->out_off = s->out_len = 0;
-                if (s->out_cap > 4096) {
-                        free(s->out);
-                        s->out = NULL;
-                        s->out_cap = 0;
-                }
-                if (s->state == S_FLUSHING)
-                        session_close(s, LOG_LEVEL_DEBUG, NULL);
-        }
+        if (s->out_len == 0 && s->state == S_FLUSHING)
+                session_close(s, LOG_LEVEL_DEBUG, NULL);
 }
 
 /* ---- upstream → device ---- */
@@ -1052,6 +1062,13 @@ static void session_handshake(struct session *s)
 
         if (r == 0)
                 return;
+        if (r < 0 && BIO_number_read(SSL_get_rbio(s->tls.ssl)) == 0) {
+                /* A port probe or health check: nothing was ever sent. */
+                struct log_fields f = { .peer = s->peer, .reason = "no data" };
+                log_msg(LOG_LEVEL_DEBUG, &f, "connection closed before the TLS handshake began");
+                session_close(s, LOG_LEVEL_DEBUG, NULL);
+                return;
+        }
         if (r < 0) {
                 struct log_fields f = {
                         .peer = s->peer,
@@ -1172,8 +1189,11 @@ static void session_close(struct session *s, enum log_level level, const char *r
                 struct log_fields f = session_fields(s, reason);
                 log_msg(level, &f, "device disconnected");
         }
-        if (s->state == S_ACTIVE || s->state == S_FLUSHING)
-                session_flush(s);
+        if (s->state == S_ACTIVE || s->state == S_FLUSHING) {
+                char why[256];
+                (void) session_write_out(s, why, sizeof why);
+        }
+        tls_conn_shutdown(&s->tls);
         s->state = S_CLOSED;
         sd_event_source_set_enabled(s->io, SD_EVENT_OFF);
         sd_event_source_set_enabled(s->timer, SD_EVENT_OFF);
@@ -1240,7 +1260,8 @@ void session_free(struct session *s)
 void session_shutdown(struct session *s)
 {
         if (s->state != S_HANDSHAKE && s->state != S_CLOSED) {
-                session_flush(s);
+                char why[256];
+                (void) session_write_out(s, why, sizeof why);
                 tls_conn_shutdown(&s->tls);
         }
         session_free(s);

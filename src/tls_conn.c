@@ -45,6 +45,7 @@ static int tls_conn_error(struct tls_conn *c, int ret, char *why, size_t whylen)
                 c->eof = true;
                 return 0;
         case SSL_ERROR_SYSCALL:
+                c->broken = true;
                 e = ERR_get_error();
                 if (e == 0) {
                         /* EOF without close_notify, or a socket error. */
@@ -57,6 +58,7 @@ static int tls_conn_error(struct tls_conn *c, int ret, char *why, size_t whylen)
                 ERR_clear_error();
                 return -EIO;
         default:
+                c->failed = true;
                 e = ERR_peek_last_error();
                 if (c->verify.reason[0])
                         snprintf(why, whylen, "%s", c->verify.reason);
@@ -133,9 +135,14 @@ ssize_t tls_conn_write(struct tls_conn *c, const void *buf, size_t len, char *wh
 
 void tls_conn_shutdown(struct tls_conn *c)
 {
-        if (!c->ssl || !c->handshake_done)
+        if (!c->ssl || !c->handshake_done || c->failed)
                 return;
-        /* Best effort: one attempt, never wait for the peer's reply. */
+        if (c->broken) {
+                /* Nothing can be sent; still not a "bad" session (OpenSSL
+                 * drops sessions of connections never shut down). */
+                SSL_set_shutdown(c->ssl, SSL_get_shutdown(c->ssl) | SSL_SENT_SHUTDOWN);
+                return;
+        }
         ERR_clear_error();
         (void) SSL_shutdown(c->ssl);
         ERR_clear_error();

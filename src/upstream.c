@@ -137,17 +137,19 @@ static int upstream_io(sd_event_source *s, int fd, uint32_t revents, void *userd
         int rc = MOSQ_ERR_SUCCESS;
 
         if ((revents & (EPOLLERR | EPOLLHUP)) && !u->connected && !u->refused) {
-                /* A failed non-blocking connect: libmosquitto would retry the
-                 * handshake forever on SSL_ERROR_SYSCALL, so decide here. */
+                /* A failed non-blocking connect. Decide here: libmosquitto
+                 * would retry the TLS handshake forever on the
+                 * SSL_ERROR_SYSCALL this gives it, and a write may already
+                 * have consumed SO_ERROR. */
                 int err = 0;
                 socklen_t len = sizeof err;
-                if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err) {
-                        u->lost = true;
-                        u->lost_rc = MOSQ_ERR_ERRNO;
-                        errno = err;
-                        upstream_after_loop(u, MOSQ_ERR_ERRNO);
-                        return 0;
-                }
+                if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err == 0)
+                        err = ECONNREFUSED;
+                u->lost = true;
+                u->lost_rc = MOSQ_ERR_ERRNO;
+                errno = err;
+                upstream_after_loop(u, MOSQ_ERR_ERRNO);
+                return 0;
         }
 
         if (upstream_handshaking(u)) {

@@ -195,7 +195,7 @@ class TestRefusedSubscription(BridgeTestCase):
 
 class TestTransport(BridgeTestCase):
     def test_several_packets_in_one_tls_record(self):
-        sub = self.mosquitto.sub("coalesce/#", 3)
+        sub = self.mosquitto.sub("coalesce/#", 2)
         r = self.device("sensor-1").run(*self.creds("sensor-1"), "--coalesce",
                                         "--sub", "coalesce/echo:1",
                                         "--pub", "coalesce/a=1", "--pub", "coalesce/b=2",

@@ -222,7 +222,12 @@ class Bridge:
         self.logf = open(self.log, "a")
         self.proc = subprocess.Popen(BRIDGE_WRAPPER + [BRIDGE_BIN, "--config", self.conf],
                                      stdout=self.logf, stderr=self.logf)
-        wait_port(self.port, timeout=30 if BRIDGE_WRAPPER else 10)
+        # The daemon says "ready" once it listens (after READY=1); waiting
+        # for that rather than probing the port keeps the log clean.
+        try:
+            self.wait_log(r"mqtt-edge-bridge \S+ ready", timeout=60 if BRIDGE_WRAPPER else 10)
+        except TimeoutError:
+            raise RuntimeError("the bridge did not start:\n" + self.text()[-3000:])
         return self
 
     def stop(self):
@@ -331,9 +336,16 @@ class BridgeTestCase(unittest.TestCase):
         cls.tmp = tempfile.mkdtemp(prefix="meb-test-")
         os.chmod(cls.tmp, 0o755)
         cls.pki = TestPki(os.path.join(cls.tmp, "pki"))
-        cls.mosquitto = Mosquitto(cls.pki, cls.tmp, cls.users, unix_socket=True).start()
-        cls.bridge = Bridge(cls.pki, cls.tmp, cls.mosquitto, cls.bridge_sections,
-                            cls.upstream_unix).start()
+        cls.mosquitto = Mosquitto(cls.pki, cls.tmp, cls.users, unix_socket=True)
+        cls.bridge = Bridge(cls.pki, cls.tmp, cls.mosquitto, cls.bridge_sections, cls.upstream_unix)
+        try:
+            cls.mosquitto.start()
+            cls.bridge.start()
+        except BaseException:
+            # tearDownClass does not run after a failed setUpClass
+            cls.bridge.stop()
+            cls.mosquitto.stop()
+            raise
 
     @classmethod
     def tearDownClass(cls):

@@ -1,0 +1,16 @@
+#!/bin/sh
+# Install every Debian 12 package the build, the tests and the demo need.
+# Idempotent; needs root (or sudo).
+set -eu
+PKGS="meson ninja-build gcc clang pkg-config
+      libmosquitto-dev libssl-dev libsystemd-dev libinih-dev libcmocka-dev libbearssl-dev
+      mosquitto mosquitto-clients openssl python3 valgrind
+      gcc-xtensa-lx106 picolibc-xtensa-lx106-elf"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -q --no-install-recommends $PKGS
+# Debian starts mosquitto on install; the tests run their own on free
+# ports, and the demo too, so the stock service is not needed.
