@@ -17,22 +17,43 @@
 struct session;
 struct listener;
 struct upstream_pool;
+struct replayer;
+struct metrics;
 
-/* Counters, for the status line and (later) the metrics endpoint. */
+/* CONNACK return codes (MQTT 3.1.1 §3.2.2.3), to count refusals by. */
+#define BRIDGE_CONNACK_CODES 6
+
+/*
+ * Counters, for the status line and the metrics endpoint (metrics.c turns
+ * them into Prometheus names). Each counts up from 0 at start; a reload
+ * does not reset them.
+ */
 struct bridge_stats {
         uint64_t connections_accepted;
         uint64_t refused_max_connections;
+        uint64_t refused_connack[BRIDGE_CONNACK_CODES]; /* by CONNACK return code 1..5 sent to refuse */
         uint64_t handshakes_full;
         uint64_t handshakes_resumed;
-        uint64_t handshakes_failed;
+        uint64_t handshakes_failed;              /* all failures, whatever the reason */
+        uint64_t handshakes_failed_certificate;  /* of those: client certificate not accepted */
+        uint64_t handshakes_failed_timeout;      /* of those: handshake_timeout expired */
         uint64_t msgs_from_devices[3];   /* by QoS */
         uint64_t msgs_to_devices[3];
-        uint64_t bytes_from_devices;
+        uint64_t bytes_from_devices;     /* MQTT bytes (TLS plaintext), every packet */
         uint64_t bytes_to_devices;
+        uint64_t payload_bytes_from_devices[3]; /* PUBLISH payload bytes, by QoS */
+        uint64_t payload_bytes_to_devices[3];
         uint64_t msgs_dropped;           /* queue full or not deliverable */
         uint64_t publishes_denied;       /* outside the mountpoint */
         uint64_t protocol_errors;
         uint64_t keepalive_timeouts;
+        uint64_t msgs_spooled;           /* written to the spool while upstream was away */
+        uint64_t msgs_replayed;          /* sent upstream from the spool (redeliveries included) */
+        uint64_t spool_messages;         /* gauge: messages held in the spool now */
+        uint64_t spool_bytes;            /* gauge: bytes of the spool files now */
+        uint64_t reloads_ok;
+        uint64_t reloads_failed;
+        bool last_reload_failed;
 };
 
 struct bridge {
@@ -44,8 +65,11 @@ struct bridge {
         size_t n_listeners;
         struct session *sessions;    /* every live session */
         struct session *reap;        /* closed, to be freed outside callbacks */
+        struct replayer *replayers;  /* spools sent upstream for absent devices */
         sd_event_source *reaper;
         sd_event_source *status_timer;
+        struct metrics *metrics;     /* NULL when [metrics] enabled = false */
+        uint64_t start_time_usec;    /* CLOCK_REALTIME, for process_start_time_seconds */
         unsigned n_sessions;
         unsigned n_devices;          /* sessions past CONNACK 0 */
         uint32_t nonce;              /* for generated client ids */

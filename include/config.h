@@ -90,6 +90,18 @@ struct config_limits {
         unsigned max_keepalive;       /* seconds; a device asking for more (or 0) gets this, default 65535 */
 };
 
+struct config_spool {
+        char *directory;              /* default "/var/lib/mqtt-edge-bridge" (systemd StateDirectory=) */
+        size_t max_bytes;             /* all spool files together, default 268435456 */
+        size_t max_bytes_per_device;  /* one device's spool file, default 16777216 */
+};
+
+struct config_metrics {
+        bool enabled;                 /* Prometheus endpoint on, default false */
+        char *bind_address;           /* IPv4/IPv6 literal, default "127.0.0.1" */
+        uint16_t port;                /* default 9883 */
+};
+
 struct config_log {
         enum log_level level;         /* error|warning|notice|info|debug, default info */
         enum log_target target;       /* auto|journal|stderr, default auto */
@@ -101,6 +113,8 @@ struct config {
         struct config_upstream upstream;
         struct config_bridge bridge;
         struct config_limits limits;
+        struct config_spool spool;
+        struct config_metrics metrics;
         struct config_log log;
 };
 
@@ -117,6 +131,14 @@ int config_init(struct config *cfg);
  * config_free(). cfg->path is set to a copy of path.
  */
 int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
+
+/*
+ * Like config_load, but without the checks that the files it names exist
+ * and are readable (required keys and consistency are still checked). For
+ * tools that need a setting only, e.g. --status run by a user who cannot
+ * read the daemon's private key.
+ */
+int config_load_settings(struct config *cfg, const char *path, char *err, size_t errlen);
 
 /* Same, from a string (used by tests and the fuzzer); name is used as FILE
  * in messages; file checks still apply to paths the text names. */

@@ -2,10 +2,15 @@
 # Install every Debian 12 package the build, the tests and the demo need.
 # Idempotent; needs root (or sudo).
 set -eu
+# systemd: systemd-analyze and systemd.pc (tests/systemd, the unit's
+# install dir); debhelper, dpkg-dev, fakeroot, lintian, adduser: the
+# package test (tests/package).
 PKGS="meson ninja-build gcc clang pkg-config
       libmosquitto-dev libssl-dev libsystemd-dev libinih-dev libcmocka-dev libbearssl-dev
       mosquitto mosquitto-clients openssl python3 valgrind
-      gcc-xtensa-lx106 picolibc-xtensa-lx106-elf"
+      gcc-xtensa-lx106 picolibc-xtensa-lx106-elf
+      systemd adduser
+      build-essential debhelper dpkg-dev fakeroot lintian"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive

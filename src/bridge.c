@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <systemd/sd-daemon.h>
@@ -10,7 +11,10 @@
 #include "bridge.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
+#include "replayer.h"
 #include "session.h"
+#include "spool.h"
 #include "tls_server.h"
 #include "upstream.h"
 
@@ -40,6 +44,33 @@ void bridge_notify_status(struct bridge *b)
                    b->n_sessions, b->n_sessions == 1 ? "" : "s");
 }
 
+/* The spool directory must exist and be ours (systemd's StateDirectory=
+ * makes it); what a crash left in it is sent upstream. */
+static int bridge_start_spool(struct bridge *b)
+{
+        const char *dir = b->cfg.spool.directory;
+        unsigned files = 0;
+        uint64_t bytes = 0;
+
+        if (!dir) {
+                log_notice("no spool: devices are refused (CONNACK 3) while the upstream broker is away");
+                return 0;
+        }
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+                log_error("[spool] directory: cannot create %s: %s", dir, strerror(errno));
+                return -errno;
+        }
+        if (access(dir, R_OK | W_OK | X_OK) < 0) {
+                log_error("[spool] directory: %s is not writable: %s", dir, strerror(errno));
+                return -errno;
+        }
+        if (spool_scan_dir(dir, &files, &bytes) == 0 && files > 0)
+                log_notice("spool %s: %u file%s (%llu bytes) from before the restart, sending them upstream",
+                           dir, files, files == 1 ? "" : "s", (unsigned long long) bytes);
+        replayer_start_all(b);
+        return 0;
+}
+
 int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
 {
         char err[512] = "";
@@ -51,6 +82,11 @@ int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
         b->cfg = *cfg;
         memset(cfg, 0, sizeof *cfg);
         b->nonce = (uint32_t) time(NULL) ^ ((uint32_t) getpid() << 16);
+        {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                b->start_time_usec = (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
+        }
 
         r = tls_server_ctx_new(&b->cfg.listener, &b->device_ctx, err, sizeof err);
         if (r < 0) {
@@ -81,6 +117,14 @@ int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
                 log_notice("listening for devices on %s port %u", b->cfg.listener.bind_address[i],
                            listener_port(b->listeners[i]));
         }
+        if (b->cfg.metrics.enabled) {
+                r = metrics_new(b, b->cfg.metrics.bind_address, b->cfg.metrics.port, &b->metrics);
+                if (r < 0)
+                        return r;
+        }
+        r = bridge_start_spool(b);
+        if (r < 0)
+                return r;
         if (b->cfg.upstream.host[0] == '/')
                 log_notice("upstream broker: Unix socket %s", b->cfg.upstream.host);
         else
@@ -98,10 +142,13 @@ void bridge_stop(struct bridge *b)
         for (size_t i = 0; i < b->n_listeners; i++)
                 listener_free(b->listeners[i]);
         b->n_listeners = 0;
+        metrics_free(b->metrics);
+        b->metrics = NULL;
         while ((s = session_reap_next(b)))
                 session_free(s);
         while (b->sessions)
                 session_shutdown(b->sessions);
+        replayer_stop_all(b);
         upstream_pool_free(b->upstreams);
         b->upstreams = NULL;
         sd_event_source_disable_unref(b->reaper);

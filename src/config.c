@@ -66,7 +66,7 @@ struct key_desc {
 
 #define OFF(field) offsetof(struct config, field)
 
-static const char *const sections[] = { "listener", "upstream", "bridge", "limits", "log" };
+static const char *const sections[] = { "listener", "upstream", "bridge", "limits", "spool", "metrics", "log" };
 
 enum {
         K_L_BIND, K_L_PORT, K_L_CERTFILE, K_L_KEYFILE, K_L_CAFILE, K_L_CRLFILE, K_L_REQCERT,
@@ -76,6 +76,8 @@ enum {
         K_B_PREFIX, K_B_USERMODE, K_B_USERNAME, K_B_PASSMODE, K_B_PASSWORD, K_B_MOUNTPOINT,
         K_B_MATCHCN,
         K_M_MAXCONN, K_M_PACKET, K_M_INFLIGHT, K_M_QUEUED, K_M_KEEPALIVE,
+        K_S_DIR, K_S_MAX, K_S_MAX_DEV,
+        K_X_ENABLED, K_X_BIND, K_X_PORT,
         K_G_LEVEL, K_G_TARGET,
         N_KEYS
 };
@@ -124,6 +126,14 @@ static const struct key_desc keys[N_KEYS] = {
         /* §3.1.2.10: keepalive is a 16-bit number of seconds. */
         [K_M_KEEPALIVE] = { "limits", "max_keepalive", KEY_UINT, OFF(limits.max_keepalive), 1, 65535, false },
 
+        [K_S_DIR] = { "spool", "directory", KEY_OPTSTRING, OFF(spool.directory), 0, 0, false },
+        [K_S_MAX] = { "spool", "max_bytes", KEY_SIZE, OFF(spool.max_bytes), 4096, 1ull << 44, false },
+        [K_S_MAX_DEV] = { "spool", "max_bytes_per_device", KEY_SIZE, OFF(spool.max_bytes_per_device), 4096, 1ull << 44, false },
+
+        [K_X_ENABLED] = { "metrics", "enabled", KEY_BOOL, OFF(metrics.enabled), 0, 0, false },
+        [K_X_BIND] = { "metrics", "bind_address", KEY_IP, OFF(metrics.bind_address), 0, 0, false },
+        [K_X_PORT] = { "metrics", "port", KEY_U16, OFF(metrics.port), 1, 65535, false },
+
         [K_G_LEVEL] = { "log", "level", KEY_LOG_LEVEL, OFF(log.level), 0, 0, false },
         [K_G_TARGET] = { "log", "target", KEY_LOG_TARGET, OFF(log.target), 0, 0, false },
 };
@@ -136,6 +146,7 @@ struct load_state {
         int seen[N_KEYS];    /* line where each key was set, 0 = not set */
         int err;             /* first error (negative errno), 0 = none */
         int err_line;        /* its line, 0 = none */
+        bool check_files;    /* false: skip the readability checks (config_load_settings) */
         char *errbuf;
         size_t errlen;
 };
@@ -473,8 +484,11 @@ static void check_section(struct load_state *st, const char *p, size_t n)
         for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++)
                 if (strlen(sections[i]) == len && memcmp(sections[i], p + 1, len) == 0)
                         return;
-        fail(st, -EINVAL, st->line, NULL,
-             "unknown section [%.*s] (known: [listener], [upstream], [bridge], [limits], [log])", (int) len, p + 1);
+        char known[128] = "";
+        size_t at = 0;
+        for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]) && at < sizeof(known); i++)
+                at += (size_t) snprintf(known + at, sizeof(known) - at, "%s[%s]", i ? ", " : "", sections[i]);
+        fail(st, -EINVAL, st->line, NULL, "unknown section [%.*s] (known: %s)", (int) len, p + 1, known);
 }
 
 /* fgets()-like reader for ini_parse_stream(): one whole line per call. */
@@ -515,7 +529,7 @@ static int check_path(struct load_state *st, size_t idx, bool directory)
         const char *path = *(char **) field(st->cfg, k->offset);
         struct stat sb;
 
-        if (!path)
+        if (!path || !st->check_files)
                 return 0;
         if (stat(path, &sb) < 0)
                 return fail(st, -errno, st->seen[idx], k, "'%s': %s", path, strerror(errno));
@@ -613,6 +627,11 @@ static int validate(struct load_state *st)
                             cfg->limits.max_queued_bytes, cfg->limits.max_packet_size);
         }
 
+        /* [metrics] */
+        if (cfg->metrics.enabled && !cfg->metrics.bind_address)
+                return fail(st, -EINVAL, st->seen[K_X_BIND], &keys[K_X_BIND],
+                            "empty while enabled is true (give an address, e.g. 127.0.0.1)");
+
         /* The TLS layer verifies the upstream certificate against this. */
         if (!cfg->upstream.server_name && !config_upstream_is_socket(&cfg->upstream)) {
                 cfg->upstream.server_name = strdup(cfg->upstream.host);
@@ -622,7 +641,8 @@ static int validate(struct load_state *st)
         return 0;
 }
 
-static int load_text(struct config *cfg, const char *name, const char *text, char *err, size_t errlen)
+static int load_text(struct config *cfg, const char *name, const char *text, bool check_files,
+                     char *err, size_t errlen)
 {
         struct load_state st = {
                 .cfg = cfg,
@@ -630,6 +650,7 @@ static int load_text(struct config *cfg, const char *name, const char *text, cha
                 .pos = text,
                 .errbuf = err,
                 .errlen = errlen,
+                .check_files = check_files,
         };
         int r;
 
@@ -678,10 +699,10 @@ int config_load_string(struct config *cfg, const char *name, const char *text, c
                 set_err(err, errlen, name, strerror(ENOMEM));
                 return r;
         }
-        return load_text(cfg, name, text ? text : "", err, errlen);
+        return load_text(cfg, name, text ? text : "", true, err, errlen);
 }
 
-int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
+static int load_file(struct config *cfg, const char *path, bool check_files, char *err, size_t errlen)
 {
         char *text = NULL;
         size_t len = 0;
@@ -747,12 +768,22 @@ int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
                 goto out;
         }
 
-        r = load_text(cfg, path, text, err, errlen);
+        r = load_text(cfg, path, text, check_files, err, errlen);
 out:
         free(text);
         if (fd >= 0)
                 close(fd);
         return r;
+}
+
+int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+        return load_file(cfg, path, true, err, errlen);
+}
+
+int config_load_settings(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+        return load_file(cfg, path, false, err, errlen);
 }
 
 int config_init(struct config *cfg)
@@ -784,10 +815,19 @@ int config_init(struct config *cfg)
         cfg->limits.max_queued_bytes = 1048576;
         cfg->limits.max_keepalive = 65535;
 
+        cfg->spool.directory = strdup("/var/lib/mqtt-edge-bridge");
+        cfg->spool.max_bytes = 268435456;
+        cfg->spool.max_bytes_per_device = 16777216;
+
+        cfg->metrics.enabled = false;
+        cfg->metrics.bind_address = strdup("127.0.0.1");
+        cfg->metrics.port = 9883;
+
         cfg->log.level = LOG_LEVEL_INFO;
         cfg->log.target = LOG_TARGET_AUTO;
 
-        if (!cfg->listener.bind_address[0] || !cfg->upstream.host || !cfg->bridge.client_id_prefix) {
+        if (!cfg->listener.bind_address[0] || !cfg->upstream.host || !cfg->bridge.client_id_prefix ||
+            !cfg->spool.directory || !cfg->metrics.bind_address) {
                 config_free(cfg);
                 return -ENOMEM;
         }
@@ -832,6 +872,10 @@ void config_free(struct config *cfg)
         free(cfg->bridge.username);
         free_secret(cfg->bridge.password);
         free(cfg->bridge.mountpoint);
+
+        free(cfg->spool.directory);
+
+        free(cfg->metrics.bind_address);
 
         memset(cfg, 0, sizeof(*cfg));
 }

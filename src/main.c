@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <mosquitto.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
@@ -13,6 +14,8 @@
 #include "bridge.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
+#include "reload.h"
 #include "tls_server.h"
 
 static void usage(FILE *f)
@@ -25,6 +28,9 @@ static void usage(FILE *f)
                 "\n"
                 "  -c, --config FILE   configuration file (default %s)\n"
                 "  -t, --check-config  validate the configuration and certificates, then exit 0/1\n"
+                "  -s, --status        print the running daemon's counters (needs [metrics] enabled)\n"
+                "      --condition     exit 1 with a hint if the listener certificate does not exist\n"
+                "                      yet (the unit's ExecCondition=), 0 otherwise\n"
                 "  -V, --version       print the version and exit\n"
                 "  -h, --help          print this help and exit\n",
                 DEFAULT_CONFIG_FILE);
@@ -76,8 +82,69 @@ static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, v
 
 static int on_hangup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
 {
-        log_notice("SIGHUP: live reload is not implemented yet; restart to apply a new configuration");
+        /* Failure is logged and leaves the running configuration alone. */
+        (void) reload_config(userdata);
         return 0;
+}
+
+/* ExecCondition=: a fresh install has a configuration but no certificates.
+ * Skip the start then (exit 1: the unit stays inactive, not failed) and
+ * say what to do. Anything else, a broken file included, exits 0 so that
+ * ExecStart= runs and fails with the full reason. */
+static int condition(const char *path)
+{
+        char err[1024];
+        struct config cfg;
+        struct stat sb;
+        int ret = 0;
+
+        if (config_init(&cfg) < 0)
+                return 0;
+        if (config_load_settings(&cfg, path, err, sizeof err) == 0 && cfg.listener.certfile &&
+            stat(cfg.listener.certfile, &sb) < 0 && errno == ENOENT) {
+                fprintf(stderr,
+                        "mqtt-edge-bridge is not configured yet: %s does not exist.\n"
+                        "Create the listener certificate and key (mqtt-edge-bridge-certs), edit %s,\n"
+                        "then: systemctl start mqtt-edge-bridge. See mqtt-edge-bridge(8).\n",
+                        cfg.listener.certfile, path);
+                ret = 1;
+        }
+        config_free(&cfg);
+        return ret;
+}
+
+/* --status: what the metrics endpoint says, for a person. Exit 0, 1 when
+ * the endpoint is off or the file is bad, 3 when the daemon cannot be
+ * reached (LSB: "program is not running"). */
+static int status(const char *path)
+{
+        char err[1024];
+        struct config cfg;
+        int r, ret;
+
+        if (config_init(&cfg) < 0)
+                return 1;
+        r = config_load_settings(&cfg, path, err, sizeof err);
+        if (r < 0) {
+                fprintf(stderr, "mqtt-edge-bridge: %s\n", err);
+                ret = 1;
+        } else if (!cfg.metrics.enabled) {
+                fprintf(stderr, "mqtt-edge-bridge: --status reads the metrics endpoint, which is off: set\n"
+                                "[metrics] enabled = true in %s, then reload (systemctl reload mqtt-edge-bridge)\n",
+                        path);
+                ret = 1;
+        } else {
+                r = metrics_print_status(stdout, cfg.metrics.bind_address, cfg.metrics.port);
+                if (r == -EPROTO)
+                        fprintf(stderr, "mqtt-edge-bridge: %s port %u did not answer like mqtt-edge-bridge\n",
+                                cfg.metrics.bind_address, cfg.metrics.port);
+                else if (r < 0)
+                        fprintf(stderr, "mqtt-edge-bridge: cannot reach the daemon's metrics endpoint at %s port %u: %s\n",
+                                cfg.metrics.bind_address, cfg.metrics.port, strerror(-r));
+                ret = r == 0 ? 0 : r == -EPROTO ? 1 : 3;
+        }
+        config_free(&cfg);
+        return ret;
 }
 
 static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata)
@@ -92,25 +159,33 @@ int main(int argc, char **argv)
         static const struct option options[] = {
                 { "config", required_argument, NULL, 'c' },
                 { "check-config", no_argument, NULL, 't' },
+                { "status", no_argument, NULL, 's' },
+                { "condition", no_argument, NULL, 'C' },
                 { "version", no_argument, NULL, 'V' },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
         const char *path = DEFAULT_CONFIG_FILE;
-        bool check_only = false;
+        bool check_only = false, want_status = false, want_condition = false;
         struct config cfg = { 0 };
         struct bridge b;
         sd_event *event = NULL;
         sigset_t mask;
         int c, r;
 
-        while ((c = getopt_long(argc, argv, "c:tVh", options, NULL)) >= 0) {
+        while ((c = getopt_long(argc, argv, "c:tsVh", options, NULL)) >= 0) {
                 switch (c) {
                 case 'c':
                         path = optarg;
                         break;
                 case 't':
                         check_only = true;
+                        break;
+                case 's':
+                        want_status = true;
+                        break;
+                case 'C':
+                        want_condition = true;
                         break;
                 case 'V':
                         printf("mqtt-edge-bridge %s\n", PACKAGE_VERSION);
@@ -128,6 +203,11 @@ int main(int argc, char **argv)
                 usage(stderr);
                 return 2;
         }
+
+        if (want_status)
+                return status(path);
+        if (want_condition)
+                return condition(path);
 
         log_setup(LOG_LEVEL_INFO, LOG_TARGET_AUTO);
         r = load_config(path, &cfg);
@@ -164,8 +244,6 @@ int main(int argc, char **argv)
         }
         sd_event_add_signal(event, NULL, SIGTERM, on_terminate, &b);
         sd_event_add_signal(event, NULL, SIGINT, on_terminate, &b);
-        /* Reload arrives with the packaging work; until then SIGHUP is
-         * acknowledged and ignored rather than killing the daemon. */
         sd_event_add_signal(event, NULL, SIGHUP, on_hangup, &b);
         sd_event_add_time_relative(event, &b.status_timer, CLOCK_MONOTONIC, 10 * 1000000ULL, 1000000,
                                    on_status_timer, &b);

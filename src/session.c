@@ -8,13 +8,17 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 #include <mosquitto.h>
+#include <openssl/crypto.h>
 
 #include "bridge.h"
 #include "list.h"
 #include "log.h"
 #include "mqtt_codec.h"
+#include "outbox.h"
 #include "policy.h"
+#include "replayer.h"
 #include "session.h"
+#include "spool.h"
 #include "tls_conn.h"
 #include "upstream.h"
 
@@ -28,13 +32,6 @@ enum session_state {
         S_ACTIVE,               /* CONNACK 0 sent */
         S_FLUSHING,             /* last packets (a refusing CONNACK) going out, then close */
         S_CLOSED,               /* on the reap list */
-};
-
-/* A device PUBLISH (QoS 1/2) waiting for the upstream acknowledgement. */
-struct up_inflight {
-        int mid;
-        uint16_t pid;
-        uint8_t qos;
 };
 
 /* A PUBLISH to the device (QoS 1/2) waiting for PUBACK / PUBREC / PUBCOMP. */
@@ -63,6 +60,14 @@ struct pending_sub {
         size_t count;
         uint8_t *codes;         /* per entry: granted QoS or 0x80 */
         int8_t *group;          /* per entry: requested QoS, -1 if refused here */
+};
+
+/* A subscription, kept to send again after the upstream connection
+ * returns (clean session, or made while it was away). */
+struct sub_rec {
+        char *filter;
+        uint8_t qos;
+        bool sent;
 };
 
 struct pending_unsub {
@@ -100,8 +105,18 @@ struct session {
         size_t out_len, out_off, out_cap;
 
         struct upstream *up;
-        struct up_inflight *upf;
-        unsigned n_upf;
+        bool up_connected;        /* CONNACK 0 from the broker on the current client */
+        struct upstream_params up_params; /* to connect again; strings owned */
+        char *up_client_id, *up_user, *up_pass, *will_topic;
+        uint8_t *will_payload;
+        sd_event_source *reconnect;
+        unsigned backoff_sec;
+        struct outbox *outbox;    /* device → upstream, with the spool */
+        char *spool_path;
+        struct sub_rec *srec;     /* the device's subscriptions, upstream form */
+        unsigned n_srec;
+        char **unsent_unsubs;     /* UNSUBSCRIBEs made while upstream was away */
+        unsigned n_unsent_unsubs;
         uint16_t *rec;            /* QoS 2 ids PUBREC'd to the device, awaiting PUBREL */
         unsigned n_rec, cap_rec;
         struct down_inflight *downf;
@@ -392,43 +407,51 @@ static void up_on_message(void *ud, const struct mosquitto_message *msg)
 
 static void session_resume_input(struct session *s)
 {
-        if (s->input_paused && s->n_upf < cfg_of(s)->limits.max_inflight_messages) {
+        if (s->input_paused && !outbox_full(s->outbox)) {
                 s->input_paused = false;
                 sd_event_source_set_enabled(s->resume, SD_EVENT_ONESHOT);
         }
 }
 
+/* outbox → device: the message is safe (upstream, or fsync'd in the spool). */
+static void session_ack_device(void *ud, uint16_t pid, uint8_t qos)
+{
+        struct session *s = ud;
+
+        if (s->state == S_CLOSED)
+                return;
+        if (qos == 1) {
+                /* §4.3.2: PUBACK only now that the message is safe. */
+                session_send_ack(s, MQTT_PUBACK, pid);
+                return;
+        }
+        /* §4.3.3: PUBREC once the message is safe; remember the id until
+         * PUBREL so that a resend is not published twice. */
+        if (s->n_rec == s->cap_rec) {
+                unsigned cap = s->cap_rec ? s->cap_rec * 2 : 4;
+                uint16_t *r = realloc(s->rec, cap * sizeof *r);
+                if (!r) {
+                        session_close(s, LOG_LEVEL_ERR, "out of memory");
+                        return;
+                }
+                s->rec = r;
+                s->cap_rec = cap;
+        }
+        s->rec[s->n_rec++] = pid;
+        session_send_ack(s, MQTT_PUBREC, pid);
+}
+
+static const struct outbox_ops session_outbox_ops = {
+        .ack = session_ack_device,
+};
+
 static void up_on_publish(void *ud, int mid)
 {
         struct session *s = ud;
 
-        for (unsigned i = 0; i < s->n_upf; i++) {
-                if (s->upf[i].mid != mid)
-                        continue;
-                struct up_inflight f = s->upf[i];
-                s->upf[i] = s->upf[--s->n_upf];
-                if (f.qos == 1) {
-                        /* §4.3.2: PUBACK only now that the broker has it. */
-                        session_send_ack(s, MQTT_PUBACK, f.pid);
-                } else {
-                        /* §4.3.3: PUBREC once the message is safe upstream;
-                         * remember the id until PUBREL so a resend is not
-                         * published twice. */
-                        if (s->n_rec == s->cap_rec) {
-                                unsigned cap = s->cap_rec ? s->cap_rec * 2 : 4;
-                                uint16_t *r = realloc(s->rec, cap * sizeof *r);
-                                if (!r) {
-                                        session_close(s, LOG_LEVEL_ERR, "out of memory");
-                                        return;
-                                }
-                                s->rec = r;
-                                s->cap_rec = cap;
-                        }
-                        s->rec[s->n_rec++] = f.pid;
-                        session_send_ack(s, MQTT_PUBREC, f.pid);
-                }
-                break;
-        }
+        if (s->state == S_CLOSED)
+                return;
+        outbox_on_published(s->outbox, mid);
         session_flush(s);
         session_resume_input(s);
         session_update_events(s);
@@ -439,6 +462,8 @@ static void up_on_subscribe(void *ud, int mid, int n, const int *granted)
         struct session *s = ud;
         struct pending_sub **pp, *ps;
 
+        if (s->state == S_CLOSED)
+                return;
         for (pp = &s->subs; (ps = *pp); pp = &ps->next) {
                 int g = -1;
                 for (int i = 0; i < 3; i++)
@@ -480,6 +505,8 @@ static void up_on_unsubscribe(void *ud, int mid)
         struct session *s = ud;
         struct pending_unsub **pp, *pu;
 
+        if (s->state == S_CLOSED)
+                return;
         for (pp = &s->unsubs; (pu = *pp); pp = &pu->next) {
                 if (pu->mid != mid)
                         continue;
@@ -492,11 +519,81 @@ static void up_on_unsubscribe(void *ud, int mid)
         }
 }
 
+static void session_schedule_reconnect(struct session *s)
+{
+        /* 1, 2, 4 ... 30 s: a broker restarting for an upgrade is back in
+         * seconds; a broker that is down for long is not hammered. */
+        unsigned delay = s->backoff_sec ? s->backoff_sec : 1;
+        s->backoff_sec = delay * 2 > 30 ? 30 : delay * 2;
+        sd_event_source_set_time(s->reconnect, now_usec(s) + (uint64_t) delay * 1000000ULL);
+        sd_event_source_set_enabled(s->reconnect, SD_EVENT_ONESHOT);
+}
+
+/* Send the subscriptions again after the upstream connection returned:
+ * all of them when the broker kept no session, else the ones made while it
+ * was away. The device was answered already (SUBACK with its requested
+ * QoS); a refusal now can only be logged. */
+static void session_resubscribe(struct session *s, bool session_present)
+{
+        for (unsigned i = 0; i < s->n_srec; i++) {
+                struct sub_rec *r = &s->srec[i];
+                int mid;
+                if (r->sent && session_present)
+                        continue;
+                if (upstream_subscribe(s->up, &mid, 1, &r->filter, r->qos) == 0)
+                        r->sent = true;
+        }
+        for (unsigned i = 0; i < s->n_unsent_unsubs; i++) {
+                int mid;
+                (void) upstream_unsubscribe(s->up, &mid, 1, &s->unsent_unsubs[i]);
+                free(s->unsent_unsubs[i]);
+        }
+        s->n_unsent_unsubs = 0;
+}
+
+/* Accept the device although the broker is away (store and forward). */
+static void session_accept_offline(struct session *s, const char *why)
+{
+        struct log_fields f = session_fields(s, why);
+
+        s->state = S_ACTIVE;
+        s->counted_device = true;
+        s->b->n_devices++;
+        log_msg(LOG_LEVEL_WARNING, &f, "upstream broker unreachable: device accepted, QoS 1/2 messages spooled");
+        session_send_connack(s, false, MQTT_CONNACK_ACCEPTED);
+        bridge_notify_status(s->b);
+        session_schedule_reconnect(s);
+        session_flush(s);
+        session_process_input(s);
+        session_update_events(s);
+}
+
 static void up_on_connect(void *ud, int rc, bool session_present)
 {
         struct session *s = ud;
         struct log_fields f;
 
+        if (s->state == S_ACTIVE && !s->up_connected) {
+                /* The upstream connection came back. */
+                if (rc != 0) {
+                        char why[64];
+                        snprintf(why, sizeof why, "upstream refused on reconnect: CONNACK %d", rc);
+                        session_close(s, LOG_LEVEL_WARNING, why);
+                        return;
+                }
+                s->up_connected = true;
+                s->backoff_sec = 0;
+                f = session_fields(s, NULL);
+                log_msg(LOG_LEVEL_NOTICE, &f, "upstream connection restored, %llu spooled message%s to send",
+                        (unsigned long long) outbox_spooled(s->outbox),
+                        outbox_spooled(s->outbox) == 1 ? "" : "s");
+                session_resubscribe(s, session_present);
+                outbox_set_upstream(s->outbox, s->up, true);
+                session_flush(s);
+                session_resume_input(s);
+                session_update_events(s);
+                return;
+        }
         if (s->state != S_UPSTREAM_CONNECTING)
                 return;
         if (rc != 0) {
@@ -513,6 +610,7 @@ static void up_on_connect(void *ud, int rc, bool session_present)
                 return;
         }
         s->state = S_ACTIVE;
+        s->up_connected = true;
         s->counted_device = true;
         s->b->n_devices++;
         session_send_connack(s, session_present, MQTT_CONNACK_ACCEPTED);
@@ -521,18 +619,53 @@ static void up_on_connect(void *ud, int rc, bool session_present)
                 s->protocol_level == MQTT_PROTOCOL_LEVEL_31 ? "3.1" : "3.1.1", s->keepalive,
                 s->clean_session ? "yes" : "no", session_present ? "yes" : "no");
         bridge_notify_status(s->b);
+        outbox_set_upstream(s->outbox, s->up, true);
         session_flush(s);
         /* Packets the device sent right behind CONNECT waited for this. */
         session_process_input(s);
         session_update_events(s);
 }
 
+/* Answer what waited for the broker: SUBACK with the requested QoS, the
+ * subscriptions go upstream when it is back. */
+static void session_answer_pending(struct session *s)
+{
+        while (s->subs) {
+                struct pending_sub *ps = s->subs;
+                s->subs = ps->next;
+                for (size_t e = 0; e < ps->count; e++)
+                        if (ps->group[e] >= 0)
+                                ps->codes[e] = (uint8_t) ps->group[e];
+                size_t rem = 2 + ps->count;
+                size_t len = 1 + (rem < 128 ? 1 : rem < 16384 ? 2 : 3) + rem;
+                uint8_t *buf = session_out_reserve(s, len, false);
+                if (buf)
+                        mqtt_encode_suback(buf, len, ps->pid, ps->codes, ps->count);
+                free(ps->codes);
+                free(ps->group);
+                free(ps);
+        }
+        while (s->unsubs) {
+                struct pending_unsub *pu = s->unsubs;
+                s->unsubs = pu->next;
+                session_send_ack(s, MQTT_UNSUBACK, pu->pid);
+                free(pu);
+        }
+        for (unsigned i = 0; i < s->n_srec; i++)
+                s->srec[i].sent = false;
+}
+
 static void up_on_lost(void *ud, const char *why)
 {
         struct session *s = ud;
         struct log_fields f = session_fields(s, why);
+        int r;
 
         if (s->state == S_UPSTREAM_CONNECTING) {
+                if (cfg_of(s)->spool.directory) {
+                        session_accept_offline(s, why);
+                        return;
+                }
                 /* §3.2.2.3 return code 3: the device retries later. */
                 log_msg(LOG_LEVEL_WARNING, &f, "upstream broker unreachable, device refused with CONNACK 3");
                 session_send_connack(s, false, MQTT_CONNACK_SERVER_UNAVAILABLE);
@@ -542,8 +675,39 @@ static void up_on_lost(void *ud, const char *why)
                 session_update_events(s);
                 return;
         }
-        if (s->state == S_ACTIVE)
+        if (s->state != S_ACTIVE)
+                return;
+        if (!cfg_of(s)->spool.directory) {
+                /* No store and forward: close; the device keeps its
+                 * unacknowledged messages and sends them again. */
                 session_close(s, LOG_LEVEL_WARNING, why);
+                return;
+        }
+        if (!s->up_connected) {
+                /* A reconnection attempt failed: try again later. */
+                log_msg(LOG_LEVEL_DEBUG, &f, "upstream still unreachable");
+                session_schedule_reconnect(s);
+                return;
+        }
+        /* The client object is freed by the reconnect timer, outside
+         * libmosquitto's call chain. */
+        s->up_connected = false;
+        outbox_set_upstream(s->outbox, NULL, false);
+        r = outbox_upstream_lost(s->outbox);
+        if (r == 0)
+                r = outbox_commit(s->outbox);
+        if (r < 0) {
+                /* Without a spool the device must keep its unacknowledged
+                 * messages: close it, it sends them again. */
+                session_close(s, LOG_LEVEL_WARNING, why);
+                return;
+        }
+        log_msg(LOG_LEVEL_WARNING, &f, "upstream connection lost, device stays connected, %llu message%s spooled",
+                (unsigned long long) outbox_spooled(s->outbox), outbox_spooled(s->outbox) == 1 ? "" : "s");
+        session_answer_pending(s);
+        session_schedule_reconnect(s);
+        session_flush(s);
+        session_update_events(s);
 }
 
 static const struct upstream_callbacks session_upstream_callbacks = {
@@ -578,10 +742,87 @@ static void session_refuse(struct session *s, uint8_t rc, const char *why)
         session_set_deadline(s, FLUSH_TIMEOUT_USEC);
 }
 
+/* The device's outbox and spool. A live session with the same identity
+ * (the device reconnected before its old connection timed out) gives up
+ * its spool first: one file, one writer. */
+static int session_open_outbox(struct session *s)
+{
+        const struct config *cfg = cfg_of(s);
+        size_t klen = strlen(s->cn) + 1 + strlen(s->client_id) + 1;
+        char *key = malloc(klen);
+        int r;
+
+        if (!key)
+                return -ENOMEM;
+        snprintf(key, klen, "%s\n%s", s->cn, s->client_id);
+        if (cfg->spool.directory) {
+                /* If a replayer is sending this device's spool, the device
+                 * takes it over: one file, one writer. */
+                s->spool_path = spool_path(cfg->spool.directory, key);
+                if (!s->spool_path) {
+                        free(key);
+                        return -ENOMEM;
+                }
+                replayer_stop(s->b, s->spool_path);
+        }
+        for (struct session *o = s->b->sessions; o; o = o->sessions_next) {
+                if (o == s || !o->outbox || !o->client_id || strcmp(o->cn, s->cn) != 0 ||
+                    strcmp(o->client_id, s->client_id) != 0 || !s->client_id[0])
+                        continue;
+                outbox_free(o->outbox);
+                o->outbox = NULL;
+                session_close(o, LOG_LEVEL_NOTICE, "taken over by a new connection with the same client id");
+                break;
+        }
+        struct outbox_params p = {
+                .spool_dir = cfg->spool.directory,
+                .key = key,
+                .name = s->client_id[0] ? s->client_id : s->cn,
+                .up_client_id = s->up_client_id,
+                .up_username = s->up_user,
+                .up_password = s->up_pass,
+                .protocol_level = s->protocol_level,
+                .spool_max_bytes = cfg->spool.max_bytes_per_device,
+                .spool_total = &s->b->stats.spool_bytes,
+                .spool_msgs = &s->b->stats.spool_messages,
+                .spool_total_max = cfg->spool.max_bytes,
+                .max_inflight = cfg->limits.max_inflight_messages,
+                .max_qos0_bytes = cfg->limits.max_queued_bytes,
+                .stat_spooled = &s->b->stats.msgs_spooled,
+                .stat_replayed = &s->b->stats.msgs_replayed,
+                .stat_dropped = &s->b->stats.msgs_dropped,
+                .ops = &session_outbox_ops,
+                .ud = s,
+        };
+        r = outbox_new(&p, &s->outbox);
+        free(key);
+        return r;
+}
+
+static int session_on_reconnect(sd_event_source *src, uint64_t usec, void *userdata)
+{
+        struct session *s = userdata;
+        const char *why = NULL;
+
+        if (s->state != S_ACTIVE || s->up_connected)
+                return 0;
+        upstream_close(s->up, false);
+        s->up = NULL;
+        outbox_set_upstream(s->outbox, NULL, false);
+        if (upstream_connect(s->b->upstreams, &s->up_params, &session_upstream_callbacks, s, &s->up, &why) < 0) {
+                struct log_fields f = session_fields(s, why);
+                log_msg(LOG_LEVEL_DEBUG, &f, "upstream still unreachable");
+                s->up = NULL;
+                session_schedule_reconnect(s);
+                return 0;
+        }
+        outbox_set_upstream(s->outbox, s->up, false);
+        return 0;
+}
+
 static void session_on_connect(struct session *s, const struct mqtt_connect *c)
 {
         const struct config *cfg = cfg_of(s);
-        struct upstream_params params = { 0 };
         char *up_id = NULL, *user = NULL, *pass = NULL, *will_topic = NULL;
         size_t pass_len = 0;
         const char *why = NULL;
@@ -649,31 +890,56 @@ static void session_on_connect(struct session *s, const struct mqtt_connect *c)
                 goto out;
         }
 
-        params = (struct upstream_params){
-                .client_id = up_id,
-                .username = user,
-                .password = pass,
+        /* Keep what it takes to connect again after a loss. */
+        s->up_client_id = up_id;
+        s->up_user = user;
+        s->up_pass = pass;
+        s->will_topic = will_topic;
+        up_id = user = pass = will_topic = NULL;
+        if (c->will_flag && c->will_payload.len) {
+                s->will_payload = malloc(c->will_payload.len);
+                if (!s->will_payload) {
+                        session_close(s, LOG_LEVEL_ERR, "out of memory");
+                        goto out;
+                }
+                memcpy(s->will_payload, c->will_payload.data, c->will_payload.len);
+        }
+        s->up_params = (struct upstream_params){
+                .client_id = s->up_client_id,
+                .username = s->up_user,
+                .password = s->up_pass,
                 .clean_session = c->clean_session,
                 .keepalive = c->keepalive,
                 .protocol_level = c->protocol_level,
-                .will_topic = will_topic,
-                .will_payload = c->will_payload.data,
-                .will_len = c->will_payload.len,
+                .will_topic = s->will_topic,
+                .will_payload = s->will_payload,
+                .will_len = c->will_flag ? c->will_payload.len : 0,
                 .will_qos = c->will_qos,
                 .will_retain = c->will_retain,
         };
-        r = upstream_connect(s->b->upstreams, &params, &session_upstream_callbacks, s, &s->up, &why);
+
+        r = session_open_outbox(s);
         if (r < 0) {
+                session_refuse(s, MQTT_CONNACK_SERVER_UNAVAILABLE, "cannot open the spool");
+                goto out;
+        }
+        session_arm_keepalive(s);
+        r = upstream_connect(s->b->upstreams, &s->up_params, &session_upstream_callbacks, s, &s->up, &why);
+        if (r < 0) {
+                if (cfg->spool.directory) {
+                        session_accept_offline(s, why);
+                        goto out;
+                }
                 struct log_fields f = session_fields(s, why);
                 log_msg(LOG_LEVEL_WARNING, &f, "cannot start the upstream connection");
                 session_refuse(s, MQTT_CONNACK_SERVER_UNAVAILABLE, why);
                 goto out;
         }
         s->state = S_UPSTREAM_CONNECTING;
-        session_arm_keepalive(s);
+        outbox_set_upstream(s->outbox, s->up, false);
         {
                 struct log_fields f = session_fields(s, NULL);
-                log_msg(LOG_LEVEL_DEBUG, &f, "CONNECT received, connecting upstream as \"%s\"", up_id);
+                log_msg(LOG_LEVEL_DEBUG, &f, "CONNECT received, connecting upstream as \"%s\"", s->up_client_id);
         }
 out:
         free(up_id);
@@ -685,18 +951,13 @@ out:
 static void session_on_publish(struct session *s, const struct mqtt_publish *p)
 {
         char *topic = NULL;
-        int mid = 0, r;
+        int r;
 
         s->b->stats.msgs_from_devices[p->qos]++;
 
-        if (p->qos == 1) {
-                for (unsigned i = 0; i < s->n_upf; i++)
-                        if (s->upf[i].pid == p->packet_id)
-                                return; /* a resend (DUP) of one already on its way */
-        } else if (p->qos == 2) {
-                for (unsigned i = 0; i < s->n_upf; i++)
-                        if (s->upf[i].pid == p->packet_id)
-                                return;
+        if (p->qos > 0 && outbox_has(s->outbox, p->packet_id))
+                return; /* a resend (DUP) of one already on its way */
+        if (p->qos == 2) {
                 for (unsigned i = 0; i < s->n_rec; i++)
                         if (s->rec[i] == p->packet_id) {
                                 /* §4.3.3: already ours; answer again, publish once. */
@@ -713,31 +974,54 @@ static void session_on_publish(struct session *s, const struct mqtt_publish *p)
                 log_msg(LOG_LEVEL_WARNING, &f, "PUBLISH to \"%.*s\" denied", (int) p->topic.len,
                         (const char *) p->topic.data);
                 s->b->stats.publishes_denied++;
-                if (p->qos == 1)
-                        session_send_ack(s, MQTT_PUBACK, p->packet_id);
-                else if (p->qos == 2) {
-                        session_send_ack(s, MQTT_PUBREC, p->packet_id);
-                }
+                if (p->qos > 0)
+                        session_ack_device(s, p->packet_id, p->qos);
                 return;
         }
 
-        if (p->qos > 0) {
-                struct up_inflight *n = realloc(s->upf, (s->n_upf + 1) * sizeof *n);
-                if (!n) {
-                        free(topic);
-                        session_close(s, LOG_LEVEL_ERR, "out of memory");
+        r = outbox_publish(s->outbox, p->packet_id, p->qos, p->retain, topic, p->payload, p->payload_len);
+        free(topic);
+        if (r == -ENOSPC) {
+                /* Not acknowledged: the device keeps the message. */
+                session_close(s, LOG_LEVEL_WARNING, "spool full (max_bytes_per_device / max_bytes)");
+        } else if (r == -ENOTCONN) {
+                session_close(s, LOG_LEVEL_WARNING, "upstream unavailable and no spool configured");
+        } else if (r < 0) {
+                char why[96];
+                snprintf(why, sizeof why, "cannot forward the publish: %s", strerror(-r));
+                session_close(s, LOG_LEVEL_WARNING, why);
+        }
+}
+
+/* Remember a subscription (upstream form) to send it again later. */
+static void session_record_sub(struct session *s, const char *filter, uint8_t qos, bool sent)
+{
+        for (unsigned i = 0; i < s->n_srec; i++)
+                if (strcmp(s->srec[i].filter, filter) == 0) {
+                        s->srec[i].qos = qos;
+                        s->srec[i].sent = sent;
                         return;
                 }
-                s->upf = n;
+        struct sub_rec *n = realloc(s->srec, (s->n_srec + 1) * sizeof *n);
+        char *f = strdup(filter);
+        if (!n || !f) {
+                free(f);
+                if (n)
+                        s->srec = n;
+                return; /* best effort: only a resubscription is lost */
         }
-        r = upstream_publish(s->up, &mid, topic, p->payload, p->payload_len, p->qos, p->retain);
-        free(topic);
-        if (r < 0) {
-                session_close(s, LOG_LEVEL_WARNING, "upstream refused the publish");
-                return;
-        }
-        if (p->qos > 0)
-                s->upf[s->n_upf++] = (struct up_inflight){ .mid = mid, .pid = p->packet_id, .qos = p->qos };
+        s->srec = n;
+        s->srec[s->n_srec++] = (struct sub_rec){ .filter = f, .qos = qos, .sent = sent };
+}
+
+static void session_forget_sub(struct session *s, const char *filter)
+{
+        for (unsigned i = 0; i < s->n_srec; i++)
+                if (strcmp(s->srec[i].filter, filter) == 0) {
+                        free(s->srec[i].filter);
+                        s->srec[i] = s->srec[--s->n_srec];
+                        return;
+                }
 }
 
 static void session_on_subscribe(struct session *s, const struct mqtt_list *l)
@@ -775,6 +1059,7 @@ static void session_on_subscribe(struct session *s, const struct mqtt_list *l)
                 } else {
                         ps->group[e] = (int8_t) qos;
                         filters[qos][n[qos]++] = up;
+                        session_record_sub(s, up, qos, s->up_connected);
                 }
                 e++;
         }
@@ -782,6 +1067,14 @@ static void session_on_subscribe(struct session *s, const struct mqtt_list *l)
         for (int g = 0; g < 3; g++) {
                 if (n[g] == 0)
                         continue;
+                if (!s->up_connected) {
+                        /* Broker away: granted as requested for now; the
+                         * subscription goes upstream when it returns. */
+                        for (size_t k = 0; k < ps->count; k++)
+                                if (ps->group[k] == g)
+                                        ps->codes[k] = (uint8_t) g;
+                        continue;
+                }
                 int mid = 0;
                 if (upstream_subscribe(s->up, &mid, n[g], filters[g], g) < 0) {
                         for (size_t k = 0; k < ps->count; k++)
@@ -835,10 +1128,23 @@ static void session_on_unsubscribe(struct session *s, const struct mqtt_list *l)
         mqtt_list_iter_init(&it, MQTT_UNSUBSCRIBE, l);
         while (mqtt_list_next(&it, &filter, &qos)) {
                 char *up = NULL;
-                if (policy_filter_to_upstream(s->mountpoint, filter.data, filter.len, &up) == 0)
+                if (policy_filter_to_upstream(s->mountpoint, filter.data, filter.len, &up) == 0) {
+                        session_forget_sub(s, up);
                         filters[n++] = up;
+                }
         }
-        if (n > 0 && upstream_unsubscribe(s->up, &mid, n, filters) == 0) {
+        if (n > 0 && !s->up_connected) {
+                /* Broker away: apply it when it returns. */
+                char **u = realloc(s->unsent_unsubs, (s->n_unsent_unsubs + (unsigned) n) * sizeof *u);
+                if (u) {
+                        s->unsent_unsubs = u;
+                        for (int k = 0; k < n; k++) {
+                                u[s->n_unsent_unsubs++] = filters[k];
+                                filters[k] = NULL;
+                        }
+                }
+                session_send_ack(s, MQTT_UNSUBACK, l->packet_id);
+        } else if (n > 0 && upstream_unsubscribe(s->up, &mid, n, filters) == 0) {
                 struct pending_unsub *pu = calloc(1, sizeof *pu);
                 if (pu) {
                         pu->pid = l->packet_id;
@@ -970,7 +1276,7 @@ static void session_process_input(struct session *s)
 
                 if (s->state != S_WAIT_CONNECT && s->state != S_ACTIVE)
                         break; /* e.g. waiting for the upstream CONNACK */
-                if (s->state == S_ACTIVE && s->n_upf >= cfg_of(s)->limits.max_inflight_messages) {
+                if (s->state == S_ACTIVE && outbox_full(s->outbox)) {
                         /* Back-pressure: read no further until the broker
                          * acknowledges; TCP then slows the device down. */
                         s->input_paused = true;
@@ -993,6 +1299,11 @@ static void session_process_input(struct session *s)
         if (off > 0) {
                 memmove(s->in, s->in + off, s->in_len - off);
                 s->in_len -= off;
+        }
+        /* One fsync for every message of this batch, then their acks. */
+        if (s->outbox && outbox_commit(s->outbox) < 0) {
+                session_close(s, LOG_LEVEL_ERR, "cannot write the spool (fsync failed)");
+                return;
         }
         if (s->in_len == 0 && s->in_cap > READ_CHUNK) {
                 free(s->in);
@@ -1198,6 +1509,7 @@ static void session_close(struct session *s, enum log_level level, const char *r
         sd_event_source_set_enabled(s->io, SD_EVENT_OFF);
         sd_event_source_set_enabled(s->timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(s->resume, SD_EVENT_OFF);
+        sd_event_source_set_enabled(s->reconnect, SD_EVENT_OFF);
         LIST_REMOVE(sessions, s->b->sessions, s);
         s->reap_next = s->b->reap;
         s->b->reap = s;
@@ -1247,7 +1559,25 @@ void session_free(struct session *s)
                 s->unsubs = pu->next;
                 free(pu);
         }
-        free(s->upf);
+        bool spooled = s->outbox && outbox_spooled(s->outbox) > 0;
+        outbox_free(s->outbox);
+        if (spooled && s->spool_path && !s->b->stopping)
+                (void) replayer_start(s->b, s->spool_path); /* the device is away; its spool is not */
+        free(s->spool_path);
+        sd_event_source_disable_unref(s->reconnect);
+        for (unsigned i = 0; i < s->n_srec; i++)
+                free(s->srec[i].filter);
+        free(s->srec);
+        for (unsigned i = 0; i < s->n_unsent_unsubs; i++)
+                free(s->unsent_unsubs[i]);
+        free(s->unsent_unsubs);
+        free(s->up_client_id);
+        free(s->up_user);
+        if (s->up_pass)
+                OPENSSL_cleanse(s->up_pass, strlen(s->up_pass));
+        free(s->up_pass);
+        free(s->will_topic);
+        free(s->will_payload);
         free(s->downf);
         free(s->rec);
         free(s->in);
@@ -1317,6 +1647,10 @@ int session_new(struct bridge *b, int fd, const struct sockaddr *peer, socklen_t
         r = sd_event_add_defer(b->event, &s->resume, session_on_resume, s);
         if (r < 0)
                 goto fail;
+        r = sd_event_add_time(b->event, &s->reconnect, CLOCK_MONOTONIC, 0, 200 * 1000, session_on_reconnect, s);
+        if (r < 0)
+                goto fail;
+        sd_event_source_set_enabled(s->reconnect, SD_EVENT_OFF);
         sd_event_source_set_enabled(s->resume, SD_EVENT_OFF);
         session_set_deadline(s, (uint64_t) b->cfg.listener.handshake_timeout * 1000000ULL);
         return 0;

@@ -79,35 +79,6 @@ static const struct {
 };
 
 static const struct {
-        int code;
-        const char *name;
-} br_alerts[] = {
-        { BR_ALERT_CLOSE_NOTIFY, "CLOSE_NOTIFY" },
-        { BR_ALERT_UNEXPECTED_MESSAGE, "UNEXPECTED_MESSAGE" },
-        { BR_ALERT_BAD_RECORD_MAC, "BAD_RECORD_MAC" },
-        { BR_ALERT_RECORD_OVERFLOW, "RECORD_OVERFLOW" },
-        { BR_ALERT_DECOMPRESSION_FAILURE, "DECOMPRESSION_FAILURE" },
-        { BR_ALERT_HANDSHAKE_FAILURE, "HANDSHAKE_FAILURE" },
-        { BR_ALERT_BAD_CERTIFICATE, "BAD_CERTIFICATE" },
-        { BR_ALERT_UNSUPPORTED_CERTIFICATE, "UNSUPPORTED_CERTIFICATE" },
-        { BR_ALERT_CERTIFICATE_REVOKED, "CERTIFICATE_REVOKED" },
-        { BR_ALERT_CERTIFICATE_EXPIRED, "CERTIFICATE_EXPIRED" },
-        { BR_ALERT_CERTIFICATE_UNKNOWN, "CERTIFICATE_UNKNOWN" },
-        { BR_ALERT_ILLEGAL_PARAMETER, "ILLEGAL_PARAMETER" },
-        { BR_ALERT_UNKNOWN_CA, "UNKNOWN_CA" },
-        { BR_ALERT_ACCESS_DENIED, "ACCESS_DENIED" },
-        { BR_ALERT_DECODE_ERROR, "DECODE_ERROR" },
-        { BR_ALERT_DECRYPT_ERROR, "DECRYPT_ERROR" },
-        { BR_ALERT_PROTOCOL_VERSION, "PROTOCOL_VERSION" },
-        { BR_ALERT_INSUFFICIENT_SECURITY, "INSUFFICIENT_SECURITY" },
-        { BR_ALERT_INTERNAL_ERROR, "INTERNAL_ERROR" },
-        { BR_ALERT_USER_CANCELED, "USER_CANCELED" },
-        { BR_ALERT_NO_RENEGOTIATION, "NO_RENEGOTIATION" },
-        { BR_ALERT_UNSUPPORTED_EXTENSION, "UNSUPPORTED_EXTENSION" },
-        { BR_ALERT_NO_APPLICATION_PROTOCOL, "NO_APPLICATION_PROTOCOL" },
-};
-
-static const struct {
         uint16_t id;
         const char *name;
 } br_suites[] = {
@@ -222,31 +193,18 @@ static const struct {
 
 const char *br_error_name(int code, char *buf, size_t len)
 {
-        const char *dir = NULL;
-        int alert = 0;
-
         for (size_t i = 0; i < sizeof(br_errors) / sizeof(br_errors[0]); i++)
                 if (br_errors[i].code == code)
                         return br_errors[i].name;
 
-        /* 256 + alert: the peer sent a fatal alert; 512 + alert: we did. */
-        if (code >= BR_ERR_SEND_FATAL_ALERT) {
-                dir = "BR_ERR_SEND_FATAL_ALERT";
-                alert = code - BR_ERR_SEND_FATAL_ALERT;
-        } else if (code >= BR_ERR_RECV_FATAL_ALERT) {
-                dir = "BR_ERR_RECV_FATAL_ALERT";
-                alert = code - BR_ERR_RECV_FATAL_ALERT;
-        }
-        if (dir) {
-                const char *an = "UNKNOWN";
-
-                for (size_t i = 0; i < sizeof(br_alerts) / sizeof(br_alerts[0]); i++)
-                        if (br_alerts[i].code == alert)
-                                an = br_alerts[i].name;
-                snprintf(buf, len, "%s+%s", dir, an);
-                return buf;
-        }
-        snprintf(buf, len, "BR_ERR_%d", code);
+        /* 256 + alert: the peer sent a fatal alert; 512 + alert: we did.
+         * Same spelling as mqtt-edge-bridge-doctor (tools/br_errors.c). */
+        if (code >= BR_ERR_SEND_FATAL_ALERT && code < BR_ERR_SEND_FATAL_ALERT + 256)
+                snprintf(buf, len, "BR_ERR_SEND_FATAL_ALERT+%d", code - BR_ERR_SEND_FATAL_ALERT);
+        else if (code >= BR_ERR_RECV_FATAL_ALERT && code < BR_ERR_RECV_FATAL_ALERT + 256)
+                snprintf(buf, len, "BR_ERR_RECV_FATAL_ALERT+%d", code - BR_ERR_RECV_FATAL_ALERT);
+        else
+                snprintf(buf, len, "BR_ERR_UNKNOWN_%d", code);
         return buf;
 }
 

@@ -83,7 +83,7 @@ struct app {
         size_t pub_idx;
         unsigned long seq;
         uint64_t next_pub_at;
-        unsigned long sent, sent_acked_kind, acked, received;
+        unsigned long sent, acked, received;
         unsigned connects;
 };
 
@@ -116,18 +116,9 @@ static uint64_t mono_ns(void)
 
 static const char *errno_name(int err)
 {
-        switch (-err) {
-        case ECONNREFUSED: return "ECONNREFUSED";
-        case ECONNRESET: return "ECONNRESET";
-        case ETIMEDOUT: return "ETIMEDOUT";
-        case EPROTO: return "EPROTO";
-        case EBADMSG: return "EBADMSG";
-        case EHOSTUNREACH: return "EHOSTUNREACH";
-        case ENETUNREACH: return "ENETUNREACH";
-        case EPIPE: return "EPIPE";
-        case EMSGSIZE: return "EMSGSIZE";
-        default: return "E?";
-        }
+        const char *n = strerrorname_np(-err); /* glibc >= 2.32 */
+
+        return n ? n : "E?";
 }
 
 static void print_payload_line(const struct mqtt_publish *p)

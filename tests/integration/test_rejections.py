@@ -112,8 +112,9 @@ class TestRejectedDevices(BridgeTestCase):
 
 class TestUpstreamVerification(unittest.TestCase):
     """The bridge verifies the broker: a certificate that does not carry
-    the configured name in its SAN is refused, and the device hears
-    CONNACK 3 (server unavailable), not a silent success."""
+    the configured name in its SAN is refused, and nothing reaches it. The
+    device is accepted for store and forward (its messages wait in the
+    spool), or, without a spool, refused with CONNACK 3."""
 
     def test_wrong_upstream_name_refused(self):
         tmp = tempfile.mkdtemp(prefix="meb-up-")
@@ -124,11 +125,14 @@ class TestUpstreamVerification(unittest.TestCase):
         bridge = Bridge(pki, tmp, mosq, {"upstream": {"server_name": "not-the-broker.example"}})
         bridge.start()
         try:
+            sub = mosq.sub("wrongname/#", 1, timeout=3)
             r = Device(pki, "sensor-1", bridge.port).run("--username", "sensor-1", "--password", "pw-1",
-                                                         "--timeout", "10")
-            self.assertEqual(r.rc, 3, r)
-            self.assertEqual(r.events("connack")[0]["rc"], "3")
+                                                         "--pub", "wrongname/x=1", "--qos", "1",
+                                                         "--timeout", "15")
+            self.assertEqual(r.rc, 0, r)
+            self.assertEqual(r.events("connack")[0]["rc"], "0")
             bridge.wait_log(r"upstream certificate rejected")
+            self.assertEqual(sub.result(), [])  # nothing went to the impostor
             self.assertTrue(bridge.alive())
         finally:
             rc = bridge.stop()
@@ -140,7 +144,7 @@ class TestUpstreamVerification(unittest.TestCase):
         os.chmod(tmp, 0o755)
         pki = TestPki(os.path.join(tmp, "pki"))
         mosq = Mosquitto(pki, tmp, {"sensor-1": "pw-1"})  # never started
-        bridge = Bridge(pki, tmp, mosq).start()
+        bridge = Bridge(pki, tmp, mosq, {"spool": {"directory": ""}}).start()
         try:
             r = Device(pki, "sensor-1", bridge.port).run("--timeout", "10")
             self.assertEqual(r.rc, 3, r)

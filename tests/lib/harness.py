@@ -90,6 +90,7 @@ class Mosquitto:
     the Raspberry Pi in issue 2, plus an optional Unix socket listener."""
 
     def __init__(self, pki, workdir, users, unix_socket=False, persistence=False):
+        self.persistence = persistence
         self.pki = pki
         self.dir = workdir
         self.port = free_port()
@@ -204,8 +205,10 @@ class Bridge:
             },
             "bridge": {},
             "limits": {},
+            "spool": {"directory": os.path.join(workdir, "spool")},
             "log": {"level": "debug", "target": "stderr"},
         }
+        os.makedirs(os.path.join(workdir, "spool"), exist_ok=True)
         if upstream_unix:
             cfg["upstream"] = {"host": mosquitto.unix_path}
         for sec, kv in (sections or {}).items():
@@ -220,12 +223,14 @@ class Bridge:
 
     def start(self):
         self.logf = open(self.log, "a")
+        self.log_offset = os.path.getsize(self.log)
         self.proc = subprocess.Popen(BRIDGE_WRAPPER + [BRIDGE_BIN, "--config", self.conf],
                                      stdout=self.logf, stderr=self.logf)
         # The daemon says "ready" once it listens (after READY=1); waiting
         # for that rather than probing the port keeps the log clean.
         try:
-            self.wait_log(r"mqtt-edge-bridge \S+ ready", timeout=60 if BRIDGE_WRAPPER else 10)
+            self.wait_log(r"mqtt-edge-bridge \S+ ready", timeout=60 if BRIDGE_WRAPPER else 10,
+                          since=self.log_offset)
         except TimeoutError:
             raise RuntimeError("the bridge did not start:\n" + self.text()[-3000:])
         return self
@@ -255,9 +260,23 @@ class Bridge:
         with open(self.log) as f:
             return f.read()
 
-    def wait_log(self, pattern, timeout=10):
+    def wait_log(self, pattern, timeout=10, since=0):
+        """Wait for pattern in the log, looking only past offset since."""
         rx = re.compile(pattern)
-        return wait_for(lambda: rx.search(self.text()), timeout, "bridge log /%s/" % pattern)
+        return wait_for(lambda: rx.search(self.text()[since:]), timeout, "bridge log /%s/" % pattern)
+
+    def log_size(self):
+        return os.path.getsize(self.log)
+
+    def kill(self):
+        """SIGKILL, as a crash would."""
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        if self.logf:
+            self.logf.close()
+            self.logf = None
 
 
 class Device:
@@ -323,6 +342,7 @@ class BridgeTestCase(unittest.TestCase):
 
     bridge_sections = None
     upstream_unix = False
+    persistence = False
     users = {
         "observer": "observer-pw",
         "sensor-1": "pw-1",
@@ -336,7 +356,8 @@ class BridgeTestCase(unittest.TestCase):
         cls.tmp = tempfile.mkdtemp(prefix="meb-test-")
         os.chmod(cls.tmp, 0o755)
         cls.pki = TestPki(os.path.join(cls.tmp, "pki"))
-        cls.mosquitto = Mosquitto(cls.pki, cls.tmp, cls.users, unix_socket=True)
+        cls.mosquitto = Mosquitto(cls.pki, cls.tmp, cls.users, unix_socket=True,
+                                  persistence=cls.persistence)
         cls.bridge = Bridge(cls.pki, cls.tmp, cls.mosquitto, cls.bridge_sections, cls.upstream_unix)
         try:
             cls.mosquitto.start()

@@ -171,6 +171,10 @@ static void assert_defaults(const struct config *c, bool files_set)
         assert_int_equal(c->limits.max_queued_bytes, 1048576);
         assert_int_equal(c->limits.max_keepalive, 65535);
 
+        assert_false(c->metrics.enabled);
+        assert_string_equal(c->metrics.bind_address, "127.0.0.1");
+        assert_int_equal(c->metrics.port, 9883);
+
         assert_int_equal(c->log.level, LOG_LEVEL_INFO);
         assert_int_equal(c->log.target, LOG_TARGET_AUTO);
 }
@@ -690,6 +694,72 @@ static void test_limits(void **state)
                  "t.ini:6: [limits] max_packet_size: max_queued_bytes (1048576) is smaller than max_packet_size (2000000)");
 }
 
+static void test_metrics(void **state)
+{
+        struct config cfg;
+
+        (void) state;
+        load_ok(&cfg, "[metrics]\nenabled = yes\nbind_address = ::1\nport = 19883\n");
+        assert_true(cfg.metrics.enabled);
+        assert_string_equal(cfg.metrics.bind_address, "::1");
+        assert_int_equal(cfg.metrics.port, 19883);
+        config_free(&cfg);
+
+        /* off, an empty address is just unused */
+        load_ok(&cfg, "[metrics]\nbind_address =\n");
+        assert_false(cfg.metrics.enabled);
+        assert_null(cfg.metrics.bind_address);
+        config_free(&cfg);
+
+        load_bad("[metrics]\nenabled = true\nbind_address =\n", -EINVAL,
+                 "t.ini:7: [metrics] bind_address: empty while enabled is true");
+        load_bad("[metrics]\nbind_address = localhost\n", -EINVAL,
+                 "t.ini:6: [metrics] bind_address: 'localhost' is not an IPv4 or IPv6 address");
+        load_bad("[metrics]\nport = 0\n", -ERANGE, "t.ini:6: [metrics] port: 0 is out of range (1..65535)");
+        load_bad("[metrics]\nenabled = maybe\n", -EINVAL, "t.ini:6: [metrics] enabled: 'maybe' is not a boolean");
+        load_bad("[log]\nport = 1\n", -EINVAL, "t.ini:6: [log] port: unknown key (it belongs in [");
+}
+
+/* config_load_settings: the same parse and checks, but the files it names
+ * need not exist (--status, --condition). */
+static void test_load_settings(void **state)
+{
+        struct config cfg;
+        char path[128], err[512];
+        FILE *f;
+
+        (void) state;
+        snprintf(path, sizeof(path), "%s/settings.ini", dir);
+        f = fopen(path, "w");
+        assert_non_null(f);
+        fprintf(f, "[listener]\ncertfile = %s/missing.crt\nkeyfile = %s/missing.key\ncafile = %s/x\n"
+                   "[metrics]\nenabled = true\nport = 1234\n", dir, dir, dir);
+        fclose(f);
+
+        assert_int_equal(config_init(&cfg), 0);
+        assert_int_equal(config_load(&cfg, path, err, sizeof(err)), -ENOENT);
+        assert_non_null(strstr(err, "missing.crt"));
+        config_free(&cfg);
+
+        assert_int_equal(config_init(&cfg), 0);
+        if (config_load_settings(&cfg, path, err, sizeof(err)) != 0)
+                fail_msg("%s", err);
+        assert_true(cfg.metrics.enabled);
+        assert_int_equal(cfg.metrics.port, 1234);
+        config_free(&cfg);
+
+        /* a bad value or a missing required key is still an error */
+        f = fopen(path, "w");
+        assert_non_null(f);
+        fprintf(f, "[listener]\nkeyfile = /nope\n");
+        fclose(f);
+        assert_int_equal(config_init(&cfg), 0);
+        assert_int_equal(config_load_settings(&cfg, path, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "[listener] certfile: required"));
+        config_free(&cfg);
+        unlink(path);
+}
+
 static void test_config_load_file(void **state)
 {
         struct config cfg;
@@ -912,6 +982,8 @@ int main(void)
                 cmocka_unit_test(test_upstream),
                 cmocka_unit_test(test_bridge),
                 cmocka_unit_test(test_limits),
+                cmocka_unit_test(test_metrics),
+                cmocka_unit_test(test_load_settings),
                 cmocka_unit_test(test_config_load_file),
                 cmocka_unit_test(test_shipped),
         };

@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/*
+ * spool — one device's durable store-and-forward queue: an append-only
+ * file in the state directory (records: spool_codec.h).
+ *
+ * The promise it keeps (DESIGN.md, "an acknowledgement is a promise"): a
+ * device's QoS 1/2 message is acknowledged while the upstream broker is
+ * away only after spool_sync() has returned, and leaves the spool only
+ * once the broker acknowledged it (spool_ack_through). After a crash,
+ * spool_open() finds every message not yet acknowledged upstream.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct spool;
+
+/* A message read back for replay; free with free(). topic is
+ * NUL-terminated; payload follows it in the same allocation. */
+struct spool_msg {
+        uint64_t seq;
+        uint8_t qos;
+        bool retain;
+        uint32_t payload_len;
+        const uint8_t *payload;
+        char topic[];
+};
+
+/* Who the messages are from, recorded in the file so that they can be sent
+ * upstream while the device is not connected. Strings owned by the spool. */
+struct spool_meta {
+        char *client_id;        /* the device's upstream client id */
+        char *username;         /* NULL: none */
+        char *password;         /* NULL: none */
+        int protocol_level;     /* 3 or 4 */
+};
+
+/* The file that holds key's spool in dir (malloc'ed; NULL on ENOMEM). */
+char *spool_path(const char *dir, const char *key);
+
+/* Open (or create) the spool file at path: spool_open without the key. */
+int spool_open_path(const char *path, uint64_t max_bytes, struct spool **out);
+
+/* Record the sender (written before the next message, and at once when the
+ * file already holds messages). Returns 0 or a negative errno. */
+int spool_set_meta(struct spool *s, const char *client_id, const char *username, const char *password,
+                   int protocol_level);
+
+/* The sender recorded in the file, or NULL if none was. */
+const struct spool_meta *spool_get_meta(const struct spool *s);
+
+/* The file's path. */
+const char *spool_file(const struct spool *s);
+
+/*
+ * Open (or create, 0600) the spool of the device identified by key in dir,
+ * recovering what a crash left: a torn last record is cut off. max_bytes
+ * bounds the file (0 = no bound). Returns 0 and *out, or a negative errno.
+ */
+int spool_open(const char *dir, const char *key, uint64_t max_bytes, struct spool **out);
+
+/* Append one message (not yet durable: call spool_sync before acking).
+ * Returns 0 and *seq, -ENOSPC when max_bytes would be exceeded, or a
+ * negative errno from write(). */
+int spool_append(struct spool *s, uint8_t qos, bool retain, const char *topic, const void *payload,
+                 size_t len, uint64_t *seq);
+
+/* Make every append durable (fdatasync). Returns 0 or a negative errno. */
+int spool_sync(struct spool *s);
+
+/* The next message for replay, in order, skipping acknowledged ones.
+ * Returns 1 and *out (caller frees), 0 when there is none left to read,
+ * or a negative errno. */
+int spool_read_next(struct spool *s, struct spool_msg **out);
+
+/* Every message with seq <= seq is safe upstream. When nothing is left the
+ * file is emptied. Returns 0 or a negative errno. */
+int spool_ack_through(struct spool *s, uint64_t seq);
+
+/* Rewind the replay cursor (after the upstream connection was lost again
+ * mid-replay: unacknowledged messages are sent again). */
+void spool_rewind(struct spool *s);
+
+/* Messages not yet acknowledged upstream, and the file's size. */
+uint64_t spool_pending(const struct spool *s);
+uint64_t spool_bytes(const struct spool *s);
+
+/* Sync, close, and remove the file if nothing is pending. NULL-safe. */
+void spool_close(struct spool *s);
+
+/* Count spool files and their bytes in dir (for the start-up log).
+ * Returns 0 or a negative errno. */
+int spool_scan_dir(const char *dir, unsigned *files, uint64_t *bytes);

@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/*
+ * spool_codec — the on-disk record format of the store-and-forward spool.
+ * Pure functions on buffers (fuzzed); spool.c does the file I/O.
+ *
+ * A spool file is an append-only sequence of records:
+ *
+ *   magic "MEBS" | u32 body length | u32 CRC-32 of body | body
+ *
+ * body of a MESSAGE record (type 1):
+ *   u8 type | u8 qos | u8 retain | u8 0 | u64 seq | u16 topic length | topic
+ *   | u32 payload length | payload
+ * body of an ACKED record (type 2): every message with seq <= this is safe
+ * upstream:
+ *   u8 type | u8 0 | u8 0 | u8 0 | u64 seq
+ * body of a META record (type 3): how to reach the broker on the device's
+ * behalf when it is not connected — the MESSAGE layout, with the flags
+ * SPOOL_META_* in the qos byte, the upstream client id as topic and
+ * "username\0password" as payload.
+ *
+ * All integers big-endian. A record that is cut short or fails its CRC
+ * marks the end of the usable file: it was being written when the process
+ * died, so it was never acknowledged to a device (acks follow fsync).
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SPOOL_HEADER_LEN 12
+#define SPOOL_MAX_BODY (16u * 1024 * 1024 + 1024) /* a record never exceeds this */
+
+enum spool_record_type {
+        SPOOL_MESSAGE = 1,
+        SPOOL_ACKED = 2,
+        SPOOL_META = 3,
+};
+
+#define SPOOL_META_USERNAME 0x01
+#define SPOOL_META_PASSWORD 0x02
+#define SPOOL_META_MQTT31 0x04
+
+struct spool_record {
+        enum spool_record_type type;
+        uint8_t qos;
+        bool retain;
+        uint64_t seq;
+        const uint8_t *topic;     /* points into the buffer */
+        uint16_t topic_len;
+        const uint8_t *payload;   /* points into the buffer */
+        uint32_t payload_len;
+};
+
+/* CRC-32 (IEEE 802.3, the zlib one). */
+uint32_t spool_crc32(const uint8_t *p, size_t len);
+
+/* Bytes a record takes on disk. */
+size_t spool_record_len(const struct spool_record *r);
+
+/* Write r into buf. Returns its length, or -ENOBUFS if cap is too small,
+ * -EINVAL for a record that cannot be written (qos > 2, unknown type). */
+int spool_record_encode(uint8_t *buf, size_t cap, const struct spool_record *r);
+
+/*
+ * Decode the record at the start of buf. Returns 1 and fills *r and *used
+ * when a whole valid record is there; 0 when buf holds only part of one
+ * (read more, or: the torn end of the file); -EBADMSG when the bytes are
+ * not a valid record (bad magic, CRC, lengths, type, QoS).
+ */
+int spool_record_decode(const uint8_t *buf, size_t len, struct spool_record *r, size_t *used);

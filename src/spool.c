@@ -1,0 +1,485 @@
+/* SPDX-License-Identifier: MIT */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+#include "spool.h"
+#include "spool_codec.h"
+
+struct spool {
+        int fd;
+        char *path;
+        uint64_t next_seq;       /* seq of the next appended message */
+        uint64_t acked_through;  /* messages with seq <= this are safe upstream */
+        uint64_t size;           /* valid bytes in the file */
+        uint64_t read_off;       /* replay cursor */
+        uint64_t max_bytes;
+        bool dirty;
+        bool has_meta;
+        bool meta_written;       /* the file holds the current meta */
+        struct spool_meta meta;
+};
+
+static void spool_meta_clear(struct spool_meta *m)
+{
+        free(m->client_id);
+        free(m->username);
+        if (m->password)
+                OPENSSL_cleanse(m->password, strlen(m->password));
+        free(m->password);
+        memset(m, 0, sizeof *m);
+}
+
+/* The file name: the key in hex (readable with xxd -r -p), or its SHA-256
+ * when that would not fit in a file name. */
+char *spool_path(const char *dir, const char *key)
+{
+        unsigned char digest[SHA256_DIGEST_LENGTH];
+        const unsigned char *src = (const unsigned char *) key;
+        size_t n = strlen(key);
+
+        if (n > 100) {
+                SHA256(src, n, digest);
+                src = digest;
+                n = sizeof digest;
+        }
+        size_t len = strlen(dir) + 1 + 2 * n + sizeof ".spool";
+        char *path = malloc(len);
+        if (!path)
+                return NULL;
+        size_t off = (size_t) snprintf(path, len, "%s/", dir);
+        for (size_t i = 0; i < n; i++)
+                off += (size_t) snprintf(path + off, len - off, "%02x", src[i]);
+        snprintf(path + off, len - off, ".spool");
+        return path;
+}
+
+static int read_full(int fd, uint8_t *buf, size_t len, uint64_t off)
+{
+        size_t got = 0;
+        while (got < len) {
+                ssize_t n = pread(fd, buf + got, len - got, (off_t) (off + got));
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        break;
+                got += (size_t) n;
+        }
+        return (int) got;
+}
+
+static int write_full(int fd, const uint8_t *buf, size_t len)
+{
+        size_t done = 0;
+        while (done < len) {
+                ssize_t n = write(fd, buf + done, len - done);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                done += (size_t) n;
+        }
+        return 0;
+}
+
+/* Read the record at off into a fresh buffer. Returns 1 (*rec points into
+ * *buf, caller frees it), 0 at the end or at a torn/invalid tail. */
+static int spool_read_at(struct spool *s, uint64_t off, struct spool_record *rec, uint8_t **buf, size_t *used)
+{
+        uint8_t hdr[SPOOL_HEADER_LEN];
+        int r = read_full(s->fd, hdr, sizeof hdr, off);
+
+        *buf = NULL;
+        if (r < 0)
+                return r;
+        if ((size_t) r < sizeof hdr)
+                return 0;
+        uint32_t blen = ((uint32_t) hdr[4] << 24) | ((uint32_t) hdr[5] << 16) | ((uint32_t) hdr[6] << 8) | hdr[7];
+        if (memcmp(hdr, "MEBS", 4) != 0 || blen > SPOOL_MAX_BODY)
+                return 0;
+        uint8_t *b = malloc(SPOOL_HEADER_LEN + (size_t) blen);
+        if (!b)
+                return -ENOMEM;
+        r = read_full(s->fd, b, SPOOL_HEADER_LEN + (size_t) blen, off);
+        if (r < 0) {
+                free(b);
+                return r;
+        }
+        r = spool_record_decode(b, (size_t) r, rec, used);
+        if (r <= 0) {
+                free(b);
+                return 0;
+        }
+        *buf = b;
+        return 1;
+}
+
+int spool_open(const char *dir, const char *key, uint64_t max_bytes, struct spool **out)
+{
+        char *path = spool_path(dir, key);
+        int r;
+
+        if (!path)
+                return -ENOMEM;
+        r = spool_open_path(path, max_bytes, out);
+        free(path);
+        return r;
+}
+
+/* A META record's strings, copied out. */
+static int spool_meta_from_record(struct spool_meta *m, const struct spool_record *rec)
+{
+        struct spool_meta n = { .protocol_level = rec->qos & SPOOL_META_MQTT31 ? 3 : 4 };
+        const uint8_t *p = rec->payload, *end = rec->payload + rec->payload_len;
+        const uint8_t *nul = memchr(p, 0, rec->payload_len);
+
+        n.client_id = strndup((const char *) rec->topic, rec->topic_len);
+        if (!n.client_id)
+                return -ENOMEM;
+        if (rec->qos & SPOOL_META_USERNAME)
+                n.username = strndup((const char *) p, nul ? (size_t) (nul - p) : rec->payload_len);
+        if ((rec->qos & SPOOL_META_PASSWORD) && nul)
+                n.password = strndup((const char *) nul + 1, (size_t) (end - nul - 1));
+        spool_meta_clear(m);
+        *m = n;
+        return 0;
+}
+
+int spool_open_path(const char *path, uint64_t max_bytes, struct spool **out)
+{
+        struct spool *s = calloc(1, sizeof *s);
+        uint64_t off = 0, max_seq = 0;
+        int r;
+
+        if (!s)
+                return -ENOMEM;
+        s->fd = -1;
+        s->max_bytes = max_bytes;
+        s->path = strdup(path);
+        if (!s->path) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        s->fd = open(s->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (s->fd < 0) {
+                r = -errno;
+                goto fail;
+        }
+        /* Recover: walk the records; the first that does not decode is
+         * where a write was cut off by a crash. */
+        for (;;) {
+                struct spool_record rec;
+                uint8_t *buf;
+                size_t used;
+                r = spool_read_at(s, off, &rec, &buf, &used);
+                if (r < 0)
+                        goto fail;
+                if (r == 0)
+                        break;
+                if (rec.type == SPOOL_MESSAGE && rec.seq > max_seq)
+                        max_seq = rec.seq;
+                if (rec.type == SPOOL_ACKED && rec.seq > s->acked_through)
+                        s->acked_through = rec.seq;
+                if (rec.type == SPOOL_META && spool_meta_from_record(&s->meta, &rec) == 0)
+                        s->has_meta = s->meta_written = true;
+                off += used;
+                free(buf);
+        }
+        s->next_seq = max_seq + 1;
+        if (s->acked_through > max_seq)
+                s->acked_through = max_seq;
+        if (spool_pending(s) == 0) {
+                /* Everything was delivered: start afresh. */
+                off = 0;
+                s->meta_written = false;
+                s->next_seq = 1;
+                s->acked_through = 0;
+        }
+        s->size = off;
+        struct stat st;
+        if (fstat(s->fd, &st) == 0 && (uint64_t) st.st_size != off && ftruncate(s->fd, (off_t) off) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        if (lseek(s->fd, (off_t) s->size, SEEK_SET) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        *out = s;
+        return 0;
+fail:
+        if (s->fd >= 0)
+                close(s->fd);
+        spool_meta_clear(&s->meta);
+        free(s->path);
+        free(s);
+        return r;
+}
+
+/* Append a META record for s->meta. */
+static int spool_write_meta(struct spool *s)
+{
+        const struct spool_meta *m = &s->meta;
+        size_t ulen = m->username ? strlen(m->username) : 0;
+        size_t plen = m->password ? strlen(m->password) : 0;
+        size_t len = ulen + 1 + plen;
+        uint8_t *payload = malloc(len), *buf = NULL;
+        int r;
+
+        if (!payload)
+                return -ENOMEM;
+        if (ulen)
+                memcpy(payload, m->username, ulen);
+        payload[ulen] = 0;
+        if (plen)
+                memcpy(payload + ulen + 1, m->password, plen);
+        struct spool_record rec = {
+                .type = SPOOL_META,
+                .qos = (uint8_t) ((m->username ? SPOOL_META_USERNAME : 0) | (m->password ? SPOOL_META_PASSWORD : 0) |
+                                  (m->protocol_level == 3 ? SPOOL_META_MQTT31 : 0)),
+                .topic = (const uint8_t *) m->client_id,
+                .topic_len = (uint16_t) strlen(m->client_id),
+                .payload = payload,
+                .payload_len = (uint32_t) len,
+        };
+        size_t rlen = spool_record_len(&rec);
+        buf = malloc(rlen);
+        r = buf ? spool_record_encode(buf, rlen, &rec) : -ENOMEM;
+        if (r >= 0)
+                r = write_full(s->fd, buf, rlen);
+        if (payload)
+                OPENSSL_cleanse(payload, len);
+        if (buf)
+                OPENSSL_cleanse(buf, rlen);
+        free(payload);
+        free(buf);
+        if (r < 0) {
+                if (ftruncate(s->fd, (off_t) s->size) == 0)
+                        (void) lseek(s->fd, (off_t) s->size, SEEK_SET);
+                return r;
+        }
+        s->size += rlen;
+        s->dirty = true;
+        s->meta_written = true;
+        return 0;
+}
+
+int spool_set_meta(struct spool *s, const char *client_id, const char *username, const char *password,
+                   int protocol_level)
+{
+        struct spool_meta n = {
+                .client_id = strdup(client_id),
+                .username = username ? strdup(username) : NULL,
+                .password = password ? strdup(password) : NULL,
+                .protocol_level = protocol_level,
+        };
+        if (!n.client_id || (username && !n.username) || (password && !n.password)) {
+                spool_meta_clear(&n);
+                return -ENOMEM;
+        }
+        spool_meta_clear(&s->meta);
+        s->meta = n;
+        s->has_meta = true;
+        s->meta_written = false;
+        if (s->size > 0)
+                return spool_write_meta(s);
+        return 0;
+}
+
+const struct spool_meta *spool_get_meta(const struct spool *s)
+{
+        return s->has_meta ? &s->meta : NULL;
+}
+
+const char *spool_file(const struct spool *s)
+{
+        return s->path;
+}
+
+int spool_append(struct spool *s, uint8_t qos, bool retain, const char *topic, const void *payload,
+                 size_t len, uint64_t *seq)
+{
+        struct spool_record rec = {
+                .type = SPOOL_MESSAGE,
+                .qos = qos,
+                .retain = retain,
+                .seq = s->next_seq,
+                .topic = (const uint8_t *) topic,
+                .topic_len = (uint16_t) strlen(topic),
+                .payload = payload,
+                .payload_len = (uint32_t) len,
+        };
+        size_t rlen = spool_record_len(&rec);
+        uint8_t *buf;
+        int r;
+
+        if (strlen(topic) > 65535 || len > SPOOL_MAX_BODY - 1024)
+                return -EMSGSIZE;
+        if (s->max_bytes && s->size + rlen > s->max_bytes)
+                return -ENOSPC;
+        if (s->has_meta && !s->meta_written) {
+                r = spool_write_meta(s);
+                if (r < 0)
+                        return r;
+        }
+        buf = malloc(rlen);
+        if (!buf)
+                return -ENOMEM;
+        r = spool_record_encode(buf, rlen, &rec);
+        if (r >= 0)
+                r = write_full(s->fd, buf, rlen);
+        free(buf);
+        if (r < 0) {
+                /* Cut off whatever part was written, so the next record
+                 * starts on a boundary. */
+                if (ftruncate(s->fd, (off_t) s->size) == 0)
+                        (void) lseek(s->fd, (off_t) s->size, SEEK_SET);
+                return r;
+        }
+        s->size += rlen;
+        s->dirty = true;
+        *seq = s->next_seq++;
+        return 0;
+}
+
+int spool_sync(struct spool *s)
+{
+        if (!s->dirty)
+                return 0;
+        if (fdatasync(s->fd) < 0)
+                return -errno;
+        s->dirty = false;
+        return 0;
+}
+
+int spool_read_next(struct spool *s, struct spool_msg **out)
+{
+        for (;;) {
+                struct spool_record rec;
+                uint8_t *buf;
+                size_t used;
+                int r;
+
+                if (s->read_off >= s->size)
+                        return 0;
+                r = spool_read_at(s, s->read_off, &rec, &buf, &used);
+                if (r <= 0)
+                        return r;
+                s->read_off += used;
+                if (rec.type != SPOOL_MESSAGE || rec.seq <= s->acked_through) {
+                        free(buf);
+                        continue;
+                }
+                struct spool_msg *m = malloc(sizeof *m + rec.topic_len + 1 + rec.payload_len);
+                if (!m) {
+                        free(buf);
+                        return -ENOMEM;
+                }
+                m->seq = rec.seq;
+                m->qos = rec.qos;
+                m->retain = rec.retain;
+                memcpy(m->topic, rec.topic, rec.topic_len);
+                m->topic[rec.topic_len] = 0;
+                m->payload = (const uint8_t *) m->topic + rec.topic_len + 1;
+                memcpy((uint8_t *) m->topic + rec.topic_len + 1, rec.payload, rec.payload_len);
+                m->payload_len = rec.payload_len;
+                free(buf);
+                *out = m;
+                return 1;
+        }
+}
+
+int spool_ack_through(struct spool *s, uint64_t seq)
+{
+        if (seq <= s->acked_through)
+                return 0;
+        if (seq >= s->next_seq)
+                seq = s->next_seq - 1;
+        s->acked_through = seq;
+        if (spool_pending(s) == 0) {
+                /* Drained: start the file afresh. */
+                if (ftruncate(s->fd, 0) < 0 || lseek(s->fd, 0, SEEK_SET) < 0)
+                        return -errno;
+                s->size = 0;
+                s->read_off = 0;
+                s->dirty = false;
+                s->meta_written = false;
+                return 0;
+        }
+        /* Not synced: losing it only means a redelivery after a crash
+         * (a QoS 1 duplicate), never a loss. */
+        struct spool_record rec = { .type = SPOOL_ACKED, .seq = seq };
+        uint8_t buf[SPOOL_HEADER_LEN + 12];
+        int r = spool_record_encode(buf, sizeof buf, &rec);
+        if (r < 0)
+                return r;
+        r = write_full(s->fd, buf, (size_t) r);
+        if (r < 0)
+                return r;
+        s->size += sizeof buf;
+        return 0;
+}
+
+void spool_rewind(struct spool *s)
+{
+        s->read_off = 0;
+}
+
+uint64_t spool_pending(const struct spool *s)
+{
+        return s->next_seq - 1 - s->acked_through;
+}
+
+uint64_t spool_bytes(const struct spool *s)
+{
+        return s->size;
+}
+
+void spool_close(struct spool *s)
+{
+        if (!s)
+                return;
+        if (s->fd >= 0) {
+                (void) spool_sync(s);
+                close(s->fd);
+        }
+        if (spool_pending(s) == 0)
+                (void) unlink(s->path);
+        spool_meta_clear(&s->meta);
+        free(s->path);
+        free(s);
+}
+
+int spool_scan_dir(const char *dir, unsigned *files, uint64_t *bytes)
+{
+        DIR *d = opendir(dir);
+        struct dirent *e;
+
+        *files = 0;
+        *bytes = 0;
+        if (!d)
+                return -errno;
+        while ((e = readdir(d))) {
+                size_t n = strlen(e->d_name);
+                struct stat st;
+                if (n < 7 || strcmp(e->d_name + n - 6, ".spool") != 0)
+                        continue;
+                if (fstatat(dirfd(d), e->d_name, &st, 0) == 0 && st.st_size > 0) {
+                        (*files)++;
+                        *bytes += (uint64_t) st.st_size;
+                }
+        }
+        closedir(d);
+        return 0;
+}
