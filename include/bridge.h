@@ -18,6 +18,7 @@ struct session;
 struct listener;
 struct upstream_pool;
 struct replayer;
+struct held;
 struct metrics;
 
 /* CONNACK return codes (MQTT 3.1.1 §3.2.2.3), to count refusals by. */
@@ -66,6 +67,8 @@ struct bridge {
         struct session *sessions;    /* every live session */
         struct session *reap;        /* closed, to be freed outside callbacks */
         struct replayer *replayers;  /* spools sent upstream for absent devices */
+        struct held *held;           /* messages kept for absent persistent sessions */
+        unsigned n_held;
         sd_event_source *reaper;
         sd_event_source *status_timer;
         struct metrics *metrics;     /* NULL when [metrics] enabled = false */

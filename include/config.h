@@ -80,6 +80,7 @@ struct config_bridge {
         char *password;               /* for password_mode = fixed */
         char *mountpoint;             /* e.g. "devices/%c/"; %c = CN, %i = client id; default none */
         bool clientid_must_match_cn;  /* default false */
+        char *user;                   /* drop root to this user after start-up; default "mqtt-edge-bridge", NULL = stay */
 };
 
 struct config_limits {

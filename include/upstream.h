@@ -41,6 +41,9 @@ struct upstream_callbacks {
         void (*on_message)(void *ud, const struct mosquitto_message *msg);
         void (*on_subscribe)(void *ud, int mid, int n, const int *granted);
         void (*on_unsubscribe)(void *ud, int mid);
+        /* Everything queued was written (after upstream_backlogged() said
+         * true). May be NULL. */
+        void (*on_drained)(void *ud);
 };
 
 struct upstream_params {
@@ -84,6 +87,11 @@ int upstream_subscribe(struct upstream *u, int *mid, int n, char *const *filters
 int upstream_unsubscribe(struct upstream *u, int *mid, int n, char *const *filters);
 
 bool upstream_is_connected(const struct upstream *u);
+
+/* Does libmosquitto hold bytes the socket has not taken yet? A slow
+ * broker shows here first: the owner stops reading its device until
+ * on_drained, so memory stays bounded (one packet per device). */
+bool upstream_backlogged(struct upstream *u);
 
 /*
  * End the client. graceful: send DISCONNECT after everything queued

@@ -21,8 +21,8 @@ for d in sys.argv[1:]:
         tap = [l for l in out.splitlines() if re.match(r"^(not )?ok\b", l)]
         if tap and res != "TIMEOUT":
             for l in tap:
-                if re.search(r"#\s*SKIP", l, re.I):
-                    skipped += 1
+                if re.search(r"#\s*(SKIP|TODO)", l, re.I):
+                    skipped += 1  # skipped, or a known bug marked expected-failure
                 elif l.startswith("ok"):
                     passed += 1
                 else:

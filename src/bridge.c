@@ -149,6 +149,7 @@ void bridge_stop(struct bridge *b)
         while (b->sessions)
                 session_shutdown(b->sessions);
         replayer_stop_all(b);
+        session_held_free_all(b);
         upstream_pool_free(b->upstreams);
         b->upstreams = NULL;
         sd_event_source_disable_unref(b->reaper);

@@ -74,7 +74,7 @@ enum {
         K_U_HOST, K_U_PORT, K_U_CAFILE, K_U_CAPATH, K_U_CERTFILE, K_U_KEYFILE, K_U_SERVER_NAME,
         K_U_TLSVER, K_U_CIPHERS, K_U_BIND, K_U_CONN_TIMEOUT,
         K_B_PREFIX, K_B_USERMODE, K_B_USERNAME, K_B_PASSMODE, K_B_PASSWORD, K_B_MOUNTPOINT,
-        K_B_MATCHCN,
+        K_B_MATCHCN, K_B_USER,
         K_M_MAXCONN, K_M_PACKET, K_M_INFLIGHT, K_M_QUEUED, K_M_KEEPALIVE,
         K_S_DIR, K_S_MAX, K_S_MAX_DEV,
         K_X_ENABLED, K_X_BIND, K_X_PORT,
@@ -116,6 +116,7 @@ static const struct key_desc keys[N_KEYS] = {
         [K_B_PASSWORD] = { "bridge", "password", KEY_OPTSTRING, OFF(bridge.password), 0, 0, true },
         [K_B_MOUNTPOINT] = { "bridge", "mountpoint", KEY_OPTSTRING, OFF(bridge.mountpoint), 0, 0, false },
         [K_B_MATCHCN] = { "bridge", "clientid_must_match_cn", KEY_BOOL, OFF(bridge.clientid_must_match_cn), 0, 0, false },
+        [K_B_USER] = { "bridge", "user", KEY_OPTSTRING, OFF(bridge.user), 0, 0, false },
 
         [K_M_MAXCONN] = { "limits", "max_connections", KEY_UINT, OFF(limits.max_connections), 0, 1000000, false },
         /* §2.2.3: remaining length ≤ 268435455, plus at most 5 header bytes. */
@@ -808,6 +809,7 @@ int config_init(struct config *cfg)
         cfg->bridge.username_mode = USERNAME_FROM_DEVICE;
         cfg->bridge.password_mode = PASSWORD_FROM_DEVICE;
         cfg->bridge.clientid_must_match_cn = false;
+        cfg->bridge.user = strdup("mqtt-edge-bridge");
 
         cfg->limits.max_connections = 1024;
         cfg->limits.max_packet_size = 262144;
@@ -872,6 +874,7 @@ void config_free(struct config *cfg)
         free(cfg->bridge.username);
         free_secret(cfg->bridge.password);
         free(cfg->bridge.mountpoint);
+        free(cfg->bridge.user);
 
         free(cfg->spool.directory);
 

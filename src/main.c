@@ -14,6 +14,7 @@
 #include "bridge.h"
 #include "config.h"
 #include "log.h"
+#include "privileges.h"
 #include "metrics.h"
 #include "reload.h"
 #include "tls_server.h"
@@ -238,6 +239,8 @@ int main(int argc, char **argv)
                 goto out;
         }
         r = bridge_start(&b, event, &cfg);
+        if (r >= 0)
+                r = privileges_drop(b.cfg.bridge.user, b.cfg.spool.directory);
         if (r < 0) {
                 bridge_stop(&b);
                 goto out;

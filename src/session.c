@@ -39,16 +39,33 @@ struct down_inflight {
         uint16_t pid;
         uint8_t qos;
         bool released;          /* QoS 2: PUBREC received, PUBREL sent */
+        struct down_queued *copy; /* to send again after a reconnect (§4.4) */
 };
 
-/* A message for the device waiting for an in-flight slot. */
+/* A message for the device: waiting for an in-flight slot, or the copy of
+ * one in flight, or held for a persistent session while it is away. */
 struct down_queued {
         struct down_queued *next;
         uint8_t qos;
         bool retain;
+        uint16_t pid;           /* held in-flight messages: the original id */
+        bool released;          /* held QoS 2 past PUBREC: resend PUBREL */
         size_t topic_len;
         size_t payload_len;
         uint8_t data[];         /* topic, then payload */
+};
+
+/* What the bridge holds for a device with a persistent session (clean
+ * session 0) that went away: the broker considers these delivered (the
+ * bridge acknowledged them upstream), so only the bridge can send them
+ * again when the device returns (§4.4 [MQTT-4.4.0-1]). In memory, bounded
+ * by max_queued_bytes per device. */
+struct held {
+        struct held *next;
+        char *client_id;        /* upstream client id */
+        struct down_queued *inflight; /* sent, not acknowledged: resent with DUP */
+        struct down_queued *queued;   /* not sent yet */
+        size_t bytes;
 };
 
 /* A device SUBSCRIBE answered once every upstream SUBSCRIBE is. */
@@ -98,6 +115,7 @@ struct session {
         bool clean_session;
         bool clean_disconnect;    /* DISCONNECT received: no will */
         bool input_paused;        /* in-flight limit reached */
+        bool paused_backlog;      /* output over max_queued_bytes: not reading */
 
         uint8_t *in;
         size_t in_len, in_cap;
@@ -228,12 +246,21 @@ static void session_send_empty(struct session *s, enum mqtt_type type)
 
 static void session_send_connack(struct session *s, bool session_present, uint8_t rc)
 {
+        if (rc > 0 && rc < BRIDGE_CONNACK_CODES)
+                s->b->stats.refused_connack[rc]++;
         uint8_t *p = session_out_reserve(s, 4, false);
         if (!p) {
                 session_close(s, LOG_LEVEL_ERR, "out of memory");
                 return;
         }
         mqtt_encode_connack(p, 4, session_present, rc);
+}
+
+/* A device that does not read its answers must not make them pile up:
+ * over max_queued_bytes of output, stop taking its input. */
+static bool session_out_full(const struct session *s)
+{
+        return s->out_len - s->out_off > cfg_of(s)->limits.max_queued_bytes;
 }
 
 /* Write what is queued, as far as the socket takes it. Returns 0, or a
@@ -271,8 +298,14 @@ static void session_flush(struct session *s)
                 session_close(s, LOG_LEVEL_INFO, why[0] ? why : "write failed");
                 return;
         }
-        if (s->out_len == 0 && s->state == S_FLUSHING)
+        if (s->out_len == 0 && s->state == S_FLUSHING) {
                 session_close(s, LOG_LEVEL_DEBUG, NULL);
+                return;
+        }
+        if (s->paused_backlog && !session_out_full(s)) {
+                s->paused_backlog = false;
+                sd_event_source_set_enabled(s->resume, SD_EVENT_ONESHOT);
+        }
 }
 
 /* ---- upstream → device ---- */
@@ -298,16 +331,36 @@ static uint16_t session_next_pid(struct session *s)
 
 /* Encode one PUBLISH to the device. Returns 0, or -ENOBUFS when the
  * output queue is full. */
+static struct down_queued *dq_new(const uint8_t *topic, size_t topic_len, const void *payload,
+                                  size_t payload_len, uint8_t qos, bool retain)
+{
+        struct down_queued *q = malloc(sizeof *q + topic_len + payload_len);
+        if (!q)
+                return NULL;
+        *q = (struct down_queued){ .qos = qos, .retain = retain, .topic_len = topic_len, .payload_len = payload_len };
+        memcpy(q->data, topic, topic_len);
+        if (payload_len)
+                memcpy(q->data + topic_len, payload, payload_len);
+        return q;
+}
+
+/* Encode one PUBLISH to the device. For QoS 1/2 a copy is kept until the
+ * device acknowledges it: keep (taken over on success) or a new one.
+ * pid 0 picks a fresh id; dup marks a resend. Returns 0, or -ENOBUFS when
+ * the output queue is full, -EMSGSIZE, -ENOMEM. */
 static int session_send_publish(struct session *s, const uint8_t *topic, size_t topic_len,
-                                const void *payload, size_t payload_len, uint8_t qos, bool retain)
+                                const void *payload, size_t payload_len, uint8_t qos, bool retain,
+                                struct down_queued *keep, uint16_t pid, bool dup)
 {
         struct mqtt_publish p = {
+                .dup = dup,
                 .qos = qos,
                 .retain = retain,
                 .topic = { topic, (uint16_t) topic_len },
                 .payload = payload,
                 .payload_len = payload_len,
         };
+        struct down_queued *copy = keep;
         size_t len;
         uint8_t *buf;
 
@@ -318,18 +371,24 @@ static int session_send_publish(struct session *s, const uint8_t *topic, size_t 
                 if (!d)
                         return -ENOMEM;
                 s->downf = d;
-                p.packet_id = session_next_pid(s);
+                p.packet_id = pid ? pid : session_next_pid(s);
         }
         len = mqtt_publish_len(&p);
         if (len == 0 || (cfg_of(s)->limits.max_packet_size && len > cfg_of(s)->limits.max_packet_size))
                 return -EMSGSIZE;
+        if (qos > 0 && !copy && !(copy = dq_new(topic, topic_len, payload, payload_len, qos, retain)))
+                return -ENOMEM;
         buf = session_out_reserve(s, len, true);
-        if (!buf)
+        if (!buf) {
+                if (copy != keep)
+                        free(copy);
                 return -ENOBUFS;
+        }
         mqtt_encode_publish(buf, len, &p);
         if (qos > 0)
-                s->downf[s->n_downf++] = (struct down_inflight){ .pid = p.packet_id, .qos = qos };
+                s->downf[s->n_downf++] = (struct down_inflight){ .pid = p.packet_id, .qos = qos, .copy = copy };
         s->b->stats.msgs_to_devices[qos]++;
+        s->b->stats.payload_bytes_to_devices[qos] += payload_len;
         return 0;
 }
 
@@ -339,14 +398,16 @@ static void session_drain_queue(struct session *s)
         while (s->q_head && s->n_downf < cfg_of(s)->limits.max_inflight_messages) {
                 struct down_queued *q = s->q_head;
                 int r = session_send_publish(s, q->data, q->topic_len, q->data + q->topic_len,
-                                             q->payload_len, q->qos, q->retain);
+                                             q->payload_len, q->qos, q->retain, q, 0, false);
                 if (r == -ENOBUFS)
                         break;
                 s->q_head = q->next;
                 if (!s->q_head)
                         s->q_tail = NULL;
                 s->q_bytes -= q->topic_len + q->payload_len;
-                free(q);
+                q->next = NULL;
+                if (r < 0 || q->qos == 0)
+                        free(q); /* else it is the in-flight copy now */
         }
 }
 
@@ -371,14 +432,11 @@ static void up_on_message(void *ud, const struct mosquitto_message *msg)
                 if (s->q_bytes + topic_len + (size_t) msg->payloadlen > lim->max_queued_bytes) {
                         r = -ENOBUFS;
                 } else {
-                        struct down_queued *q = malloc(sizeof *q + topic_len + (size_t) msg->payloadlen);
+                        struct down_queued *q = dq_new(topic, topic_len, msg->payload,
+                                                       (size_t) msg->payloadlen, qos, msg->retain);
                         if (!q) {
                                 r = -ENOMEM;
                         } else {
-                                *q = (struct down_queued){ .qos = qos, .retain = msg->retain,
-                                        .topic_len = topic_len, .payload_len = (size_t) msg->payloadlen };
-                                memcpy(q->data, topic, topic_len);
-                                memcpy(q->data + topic_len, msg->payload, (size_t) msg->payloadlen);
                                 if (s->q_tail)
                                         s->q_tail->next = q;
                                 else
@@ -390,7 +448,7 @@ static void up_on_message(void *ud, const struct mosquitto_message *msg)
                 }
         } else {
                 r = session_send_publish(s, topic, topic_len, msg->payload, (size_t) msg->payloadlen,
-                                         qos, msg->retain);
+                                         qos, msg->retain, NULL, 0, false);
         }
         if (r < 0) {
                 struct log_fields f = session_fields(s, r == -EMSGSIZE ? "message over max_packet_size" :
@@ -403,11 +461,157 @@ static void up_on_message(void *ud, const struct mosquitto_message *msg)
         session_update_events(s);
 }
 
+/* ---- persistent sessions: messages held while the device is away ---- */
+
+static void held_free(struct held *h)
+{
+        if (!h)
+                return;
+        for (struct down_queued *l = h->inflight, *n; l; l = n) {
+                n = l->next;
+                free(l);
+        }
+        for (struct down_queued *l = h->queued, *n; l; l = n) {
+                n = l->next;
+                free(l);
+        }
+        free(h->client_id);
+        free(h);
+}
+
+static struct held *held_take(struct bridge *b, const char *client_id)
+{
+        for (struct held **pp = &b->held, *h; (h = *pp); pp = &h->next)
+                if (strcmp(h->client_id, client_id) == 0) {
+                        *pp = h->next;
+                        b->n_held--;
+                        return h;
+                }
+        return NULL;
+}
+
+void session_held_free_all(struct bridge *b)
+{
+        while (b->held) {
+                struct held *h = b->held;
+                b->held = h->next;
+                held_free(h);
+        }
+        b->n_held = 0;
+}
+
+/* The device goes away with a persistent session: keep what it has not
+ * acknowledged, and what waited for it, for its return. */
+static void session_hold(struct session *s)
+{
+        struct held *h, **tail;
+        struct down_queued **it;
+
+        if (s->clean_session || !s->up_client_id || s->b->stopping || (!s->n_downf && !s->q_head))
+                return;
+        h = calloc(1, sizeof *h);
+        if (!h || !(h->client_id = strdup(s->up_client_id))) {
+                free(h);
+                return;
+        }
+        it = &h->inflight;
+        for (unsigned i = 0; i < s->n_downf; i++) {
+                struct down_queued *c = s->downf[i].copy;
+                if (!c)
+                        continue;
+                c->pid = s->downf[i].pid;
+                c->released = s->downf[i].released;
+                c->next = NULL;
+                *it = c;
+                it = &c->next;
+                s->downf[i].copy = NULL;
+                h->bytes += c->topic_len + c->payload_len;
+        }
+        s->n_downf = 0;
+        h->queued = s->q_head;
+        h->bytes += s->q_bytes;
+        s->q_head = s->q_tail = NULL;
+        s->q_bytes = 0;
+
+        held_free(held_take(s->b, h->client_id));
+        /* Bounded: no more held sessions than connections allowed; the
+         * oldest gives way. */
+        if (s->b->cfg.limits.max_connections && s->b->n_held >= s->b->cfg.limits.max_connections) {
+                for (tail = &s->b->held; (*tail)->next; tail = &(*tail)->next)
+                        ;
+                struct log_fields f = { .client_id = (*tail)->client_id, .reason = "too many held sessions" };
+                log_msg(LOG_LEVEL_WARNING, &f, "dropped the messages held for an absent device");
+                held_free(*tail);
+                *tail = NULL;
+                s->b->n_held--;
+        }
+        h->next = s->b->held;
+        s->b->held = h;
+        s->b->n_held++;
+}
+
+/* §4.4 [MQTT-4.4.0-1]: on reconnect with clean session 0, send again what
+ * the device had not acknowledged, with its original packet id and DUP;
+ * PUBREL for QoS 2 messages past PUBREC. A clean session discards it. */
+static void session_redeliver(struct session *s)
+{
+        struct held *h = held_take(s->b, s->up_client_id);
+        unsigned n = 0;
+
+        if (!h)
+                return;
+        if (s->clean_session) {
+                held_free(h);
+                return;
+        }
+        while (h->inflight) {
+                struct down_queued *c = h->inflight;
+                h->inflight = c->next;
+                c->next = NULL;
+                if (c->released) {
+                        struct down_inflight *d = realloc(s->downf, (s->n_downf + 1) * sizeof *d);
+                        if (!d) {
+                                free(c);
+                                continue;
+                        }
+                        s->downf = d;
+                        s->downf[s->n_downf++] = (struct down_inflight){ .pid = c->pid, .qos = 2,
+                                                                         .released = true, .copy = c };
+                        session_send_ack(s, MQTT_PUBREL, c->pid);
+                } else if (session_send_publish(s, c->data, c->topic_len, c->data + c->topic_len, c->payload_len,
+                                                c->qos, c->retain, c, c->pid, true) < 0) {
+                        free(c);
+                        continue;
+                }
+                n++;
+        }
+        /* Then what never went out, ahead of anything new. */
+        if (h->queued) {
+                struct down_queued *last = h->queued;
+                size_t bytes = 0;
+                for (struct down_queued *q = h->queued; q; q = q->next) {
+                        bytes += q->topic_len + q->payload_len;
+                        last = q;
+                        n++;
+                }
+                last->next = s->q_head;
+                if (!s->q_head)
+                        s->q_tail = last;
+                s->q_head = h->queued;
+                s->q_bytes += bytes;
+                h->queued = NULL;
+        }
+        held_free(h);
+        struct log_fields f = session_fields(s, NULL);
+        log_msg(LOG_LEVEL_INFO, &f, "%u message%s held for the device sent again", n, n == 1 ? "" : "s");
+        session_drain_queue(s);
+}
+
 /* ---- device → upstream acknowledgements ---- */
 
 static void session_resume_input(struct session *s)
 {
-        if (s->input_paused && !outbox_full(s->outbox)) {
+        if (s->input_paused && !outbox_full(s->outbox) && !upstream_backlogged(s->up)) {
                 s->input_paused = false;
                 sd_event_source_set_enabled(s->resume, SD_EVENT_ONESHOT);
         }
@@ -562,6 +766,7 @@ static void session_accept_offline(struct session *s, const char *why)
         log_msg(LOG_LEVEL_WARNING, &f, "upstream broker unreachable: device accepted, QoS 1/2 messages spooled");
         session_send_connack(s, false, MQTT_CONNACK_ACCEPTED);
         bridge_notify_status(s->b);
+        session_redeliver(s);
         session_schedule_reconnect(s);
         session_flush(s);
         session_process_input(s);
@@ -620,6 +825,7 @@ static void up_on_connect(void *ud, int rc, bool session_present)
                 s->clean_session ? "yes" : "no", session_present ? "yes" : "no");
         bridge_notify_status(s->b);
         outbox_set_upstream(s->outbox, s->up, true);
+        session_redeliver(s);
         session_flush(s);
         /* Packets the device sent right behind CONNECT waited for this. */
         session_process_input(s);
@@ -710,7 +916,16 @@ static void up_on_lost(void *ud, const char *why)
         session_update_events(s);
 }
 
+static void up_on_drained(void *ud)
+{
+        struct session *s = ud;
+
+        if (s->state == S_ACTIVE)
+                session_resume_input(s);
+}
+
 static const struct upstream_callbacks session_upstream_callbacks = {
+        .on_drained = up_on_drained,
         .on_connect = up_on_connect,
         .on_lost = up_on_lost,
         .on_publish = up_on_publish,
@@ -765,14 +980,21 @@ static int session_open_outbox(struct session *s)
                 }
                 replayer_stop(s->b, s->spool_path);
         }
-        for (struct session *o = s->b->sessions; o; o = o->sessions_next) {
-                if (o == s || !o->outbox || !o->client_id || strcmp(o->cn, s->cn) != 0 ||
-                    strcmp(o->client_id, s->client_id) != 0 || !s->client_id[0])
+        /* §3.1.4 [MQTT-3.1.4-2]: a client connecting with the id of one
+         * already connected takes over; the old connection is closed (its
+         * will is published), and what it had not acknowledged is held for
+         * the new one. */
+        for (struct session *o = s->b->sessions, *next; o; o = next) {
+                next = o->sessions_next;
+                if (o == s || o->state == S_CLOSED || !o->up_client_id ||
+                    strcmp(o->up_client_id, s->up_client_id) != 0)
                         continue;
-                outbox_free(o->outbox);
-                o->outbox = NULL;
-                session_close(o, LOG_LEVEL_NOTICE, "taken over by a new connection with the same client id");
-                break;
+                if (o->outbox && o->client_id && strcmp(o->cn, s->cn) == 0 && strcmp(o->client_id, s->client_id) == 0) {
+                        outbox_free(o->outbox);
+                        o->outbox = NULL;
+                }
+                session_hold(o);
+                session_close(o, LOG_LEVEL_NOTICE, "taken over by a new connection with the same client id [MQTT-3.1.4-2]");
         }
         struct outbox_params p = {
                 .spool_dir = cfg->spool.directory,
@@ -852,7 +1074,7 @@ static void session_on_connect(struct session *s, const struct mqtt_connect *c)
                 session_refuse(s, MQTT_CONNACK_ID_REJECTED, "MQTT 3.1 client id longer than 23 characters");
                 return;
         }
-        if (c->client_id.len > 0 && !policy_client_id_allowed(&cfg->bridge, s->cn, c->client_id.data, c->client_id.len)) {
+        if (!policy_client_id_allowed(&cfg->bridge, s->cn, c->client_id.data, c->client_id.len)) {
                 session_refuse(s, MQTT_CONNACK_ID_REJECTED, "client id does not match the certificate CN");
                 return;
         }
@@ -954,6 +1176,7 @@ static void session_on_publish(struct session *s, const struct mqtt_publish *p)
         int r;
 
         s->b->stats.msgs_from_devices[p->qos]++;
+        s->b->stats.payload_bytes_from_devices[p->qos] += p->payload_len;
 
         if (p->qos > 0 && outbox_has(s->outbox, p->packet_id))
                 return; /* a resend (DUP) of one already on its way */
@@ -1170,12 +1393,14 @@ static void session_on_device_ack(struct session *s, enum mqtt_type type, uint16
                 if (d->pid != pid)
                         continue;
                 if (type == MQTT_PUBACK && d->qos == 1) {
+                        free(d->copy);
                         s->downf[i] = s->downf[--s->n_downf];
                 } else if (type == MQTT_PUBREC && d->qos == 2) {
                         /* §4.3.3: answer PUBREC with PUBREL (also a resent one). */
                         d->released = true;
                         session_send_ack(s, MQTT_PUBREL, pid);
                 } else if (type == MQTT_PUBCOMP && d->qos == 2 && d->released) {
+                        free(d->copy);
                         s->downf[i] = s->downf[--s->n_downf];
                 }
                 session_drain_queue(s);
@@ -1192,6 +1417,11 @@ static void session_handle_packet(struct session *s, const uint8_t *pkt, size_t 
         int r;
 
         r = mqtt_parse(pkt, len, &p, &why);
+
+        /* §3.1.2.10: the keepalive counts control packets, not bytes: a
+         * device dribbling one byte at a time still times out. */
+        if (s->state == S_ACTIVE || s->state == S_UPSTREAM_CONNECTING)
+                session_arm_keepalive(s);
 
         if (s->state == S_WAIT_CONNECT) {
                 if (r == -EPROTONOSUPPORT) {
@@ -1276,7 +1506,11 @@ static void session_process_input(struct session *s)
 
                 if (s->state != S_WAIT_CONNECT && s->state != S_ACTIVE)
                         break; /* e.g. waiting for the upstream CONNACK */
-                if (s->state == S_ACTIVE && outbox_full(s->outbox)) {
+                if (session_out_full(s)) {
+                        s->paused_backlog = true;
+                        break;
+                }
+                if (s->state == S_ACTIVE && (outbox_full(s->outbox) || upstream_backlogged(s->up))) {
                         /* Back-pressure: read no further until the broker
                          * acknowledges; TCP then slows the device down. */
                         s->input_paused = true;
@@ -1315,6 +1549,8 @@ static void session_process_input(struct session *s)
 
 static bool session_wants_input(const struct session *s)
 {
+        if (s->paused_backlog || session_out_full(s))
+                return false;
         if (s->state == S_WAIT_CONNECT || s->state == S_ACTIVE)
                 return !s->input_paused;
         /* While the upstream connects, take a little more (packets pipelined
@@ -1328,7 +1564,6 @@ static bool session_wants_input(const struct session *s)
 static void session_read(struct session *s)
 {
         char why[256] = "";
-        bool got = false;
 
         while (session_wants_input(s)) {
                 if (s->in_cap - s->in_len < READ_CHUNK) {
@@ -1357,13 +1592,10 @@ static void session_read(struct session *s)
                 }
                 s->in_len += (size_t) n;
                 s->b->stats.bytes_from_devices += (uint64_t) n;
-                got = true;
                 session_process_input(s);
                 if (s->state == S_CLOSED)
                         return;
         }
-        if (got && s->keepalive && (s->state == S_ACTIVE || s->state == S_UPSTREAM_CONNECTING))
-                session_arm_keepalive(s);
 }
 
 static void session_handshake(struct session *s)
@@ -1387,6 +1619,8 @@ static void session_handshake(struct session *s)
                         .reason = why[0] ? why : "handshake failed",
                 };
                 s->b->stats.handshakes_failed++;
+                if (s->tls.verify.reason[0])
+                        s->b->stats.handshakes_failed_certificate++;
                 log_msg(LOG_LEVEL_NOTICE, &f, "TLS handshake failed, device rejected%s",
                         s->tls.verify.subject[0] ? "" : " (no certificate seen)");
                 session_close(s, LOG_LEVEL_DEBUG, NULL);
@@ -1460,6 +1694,7 @@ static int session_on_timer(sd_event_source *src, uint64_t usec, void *userdata)
         switch (s->state) {
         case S_HANDSHAKE:
                 s->b->stats.handshakes_failed++;
+                s->b->stats.handshakes_failed_timeout++;
                 session_close(s, LOG_LEVEL_NOTICE, "TLS handshake timeout");
                 break;
         case S_WAIT_CONNECT:
@@ -1542,11 +1777,14 @@ void session_free(struct session *s)
         tls_conn_done(&s->tls);
         if (s->fd >= 0)
                 close(s->fd);
+        session_hold(s);
         while (s->q_head) {
                 struct down_queued *q = s->q_head;
                 s->q_head = q->next;
                 free(q);
         }
+        for (unsigned i = 0; i < s->n_downf; i++)
+                free(s->downf[i].copy);
         while (s->subs) {
                 struct pending_sub *ps = s->subs;
                 s->subs = ps->next;

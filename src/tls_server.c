@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <string.h>
 #include <openssl/err.h>
@@ -29,6 +30,25 @@ const char tls_server_default_ciphers[] =
 static const unsigned char session_id_context[] = "mqtt-edge-bridge";
 
 static int verify_info_index = -1;
+
+/* A private key others can read is a key others may have copied: refuse
+ * to start with it rather than trust it (group-readable is fine: root:
+ * mqtt-edge-bridge 0640 is the packaged layout). */
+static int check_key_mode(const char *path, char *err, size_t errlen)
+{
+        struct stat st;
+
+        if (stat(path, &st) < 0) {
+                snprintf(err, errlen, "%s: %s", path, strerror(errno));
+                return -errno;
+        }
+        if (st.st_mode & S_IROTH) {
+                snprintf(err, errlen, "%s: private key readable by every user (mode %04o); "
+                         "chmod o-r it (0600 or 0640)", path, (unsigned) (st.st_mode & 07777));
+                return -EPERM;
+        }
+        return 0;
+}
 
 static void openssl_reason(char *buf, size_t len)
 {
@@ -122,6 +142,9 @@ int tls_server_ctx_new(const struct config_listener *l, SSL_CTX **out, char *err
                 snprintf(err, errlen, "%s: cannot load certificate chain: %s", l->certfile, why);
                 goto fail;
         }
+        if ((r = check_key_mode(l->keyfile, err, errlen)) < 0)
+                goto fail;
+        r = -EINVAL;
         if (SSL_CTX_use_PrivateKey_file(ctx, l->keyfile, SSL_FILETYPE_PEM) != 1) {
                 openssl_reason(why, sizeof why);
                 snprintf(err, errlen, "%s: cannot load private key: %s", l->keyfile, why);
@@ -224,6 +247,8 @@ int tls_client_ctx_new(const struct config_upstream *u, SSL_CTX **out, char *err
                 goto fail;
         }
         if (u->certfile) {
+                if (check_key_mode(u->keyfile, err, errlen) < 0)
+                        goto fail;
                 if (SSL_CTX_use_certificate_chain_file(ctx, u->certfile) != 1) {
                         openssl_reason(why, sizeof why);
                         snprintf(err, errlen, "%s: cannot load certificate chain: %s", u->certfile, why);

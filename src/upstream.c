@@ -29,6 +29,7 @@ struct upstream {
         bool refused;           /* CONNACK != 0 received */
         bool dead;              /* socket gone; on_lost delivered */
         bool lost;              /* libmosquitto said on_disconnect */
+        bool backlog_seen;      /* the owner saw a backlog: tell it when drained */
         int lost_rc;
         uint64_t deadline;      /* CLOCK_MONOTONIC usec: connect timeout, or detach grace */
 };
@@ -244,7 +245,21 @@ static void upstream_after_loop(struct upstream *u, int rc)
                 upstream_unwatch(u);
                 if (u->cb)
                         u->cb->on_lost(u->ud, "cannot watch the upstream socket");
+                return;
         }
+        if (u->backlog_seen && !mosquitto_want_write(u->mosq)) {
+                u->backlog_seen = false;
+                if (u->cb && u->cb->on_drained)
+                        u->cb->on_drained(u->ud);
+        }
+}
+
+bool upstream_backlogged(struct upstream *u)
+{
+        if (!u || u->dead || !u->connected || !mosquitto_want_write(u->mosq))
+                return false;
+        u->backlog_seen = true;
+        return true;
 }
 
 static int upstream_misc(sd_event_source *s, uint64_t usec, void *userdata)

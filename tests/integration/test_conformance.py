@@ -147,20 +147,8 @@ class TestConnect(ConformanceBase):
         c.close()
         self.bridge.wait_log(r'client_id="conf-ka2".*keepalive timeout')
 
-    # BUG: two devices with the same client id flap forever. mosquitto
-    # closes the older upstream connection (takeover); the bridge now
-    # treats that like a broker outage (store-and-forward: "upstream
-    # connection lost, device stays connected"), reconnects upstream,
-    # which kicks the other device's upstream session, and so on every
-    # ~1 s; neither device is ever disconnected. §3.1.4 [MQTT-3.1.4-2]:
-    # the server MUST disconnect the existing client. Fix: in
-    # session_on_connect(), once the upstream id is known, close any other
-    # session in b->sessions with the same upstream id (reason "taken over
-    # by a new connection with the same client id [MQTT-3.1.4-2]", will
-    # published as mosquitto does) before upstream_connect(); keep the
-    # upstream id in struct session for that. For an outside client using
-    # the same id, back off upstream reconnects instead of flapping.
-    @unittest.expectedFailure
+    # Regression: §3.1.4 [MQTT-3.1.4-2] a second connection with the same
+    # client id takes over; the old one is closed (no endless flapping).
     def test_client_id_takeover_closes_the_old_connection(self):
         # §3.1.4 [MQTT-3.1.4-2]: a second client with the same id makes
         # the server disconnect the first.
@@ -386,19 +374,8 @@ class TestPublish(ConformanceBase):
         c.close()
         self.assertEqual([int(f[1]) for f in first + rest], list(range(1, n + 1)))
 
-    # BUG: a QoS 1 message delivered to a persistent-session device and
-    # not yet PUBACKed is lost when the device reconnects. libmosquitto
-    # PUBACKs it upstream before on_message (DESIGN.md), so only the bridge
-    # holds it; session_free() frees downf/q_head with the session.
-    # §4.4 [MQTT-4.4.0-1]: with clean session 0 the server re-sends
-    # unacknowledged PUBLISHes (DUP=1, same packet id) on reconnect. Fix:
-    # for clean_session == 0 devices keep the unacknowledged down_inflight
-    # messages and the down queue (with payloads; today down_inflight
-    # keeps only pid/qos) keyed by the upstream client id when the session
-    # closes (bounded by max_queued_bytes, or in the spool), and re-send
-    # them with DUP set right after the next CONNACK 0 with session
-    # present, before new messages.
-    @unittest.expectedFailure
+    # Regression: §4.4 [MQTT-4.4.0-1] what a clean-session-0 device had not
+    # acknowledged is sent again, same packet id, DUP set, on reconnect.
     def test_unacked_qos1_redelivered_after_reconnect(self):
         # §4.4 [MQTT-4.4.0-1]: on reconnect with clean session 0 the server
         # re-sends unacknowledged QoS 1/2 PUBLISHes (DUP set).
@@ -505,17 +482,8 @@ class TestBoundedMemory(ConformanceBase):
         c.close()
         self.assertBridgeAlive()
 
-    # BUG: answers to a device that does not read pile up without bound:
-    # 48 MB of PUBREL in, nothing read out, RSS +45 MB. session_wants_input()
-    # only looks at input_paused/state, never at the output backlog, and
-    # session_send_ack()/session_send_empty() reserve with limited=false.
-    # "Bounded everything" (DESIGN.md, issue 7). Fix: session_wants_input()
-    # returns false while out_len - out_off > max_queued_bytes (and
-    # session_process_input() stops handling buffered packets then); after
-    # session_write_out() drains below it, session_update_events() re-arms
-    # EPOLLIN and the resume source handles what is already buffered.
-    # TCP then slows the device down, as for the in-flight limit.
-    @unittest.expectedFailure
+    # Regression: a device that does not read its answers stops being read
+    # once max_queued_bytes of output wait (bounded memory).
     def test_slow_reader_flooding_requests_memory_bounded(self):
         # A device that sends requests (PUBREL: 4 bytes in, PUBCOMP 4 bytes
         # out) but never reads the answers. The answers must not pile up

@@ -342,14 +342,8 @@ class TestHostileInput(HostileBase):
             self.assertLess(time.monotonic() - t0, 6)
             self.assert_dropped(c, "no CONNECT within handshake_timeout", timeout=1)
 
-    # BUG: a packet dribbled a byte at a time keeps the connection alive
-    # forever: session_read() re-arms the keepalive deadline whenever any
-    # bytes arrive, not when a control packet is complete. §3.1.2.10 speaks
-    # of "a Control Packet" within 1.5 x keepalive (mosquitto resets its
-    # timer per complete packet). Fix: in session_read(), re-arm only when
-    # session_process_input() handled at least one whole packet (e.g. have
-    # it return the number handled).
-    @unittest.expectedFailure
+    # Regression: the keepalive counts whole control packets (§3.1.2.10),
+    # so a device dribbling a packet byte by byte still times out.
     def test_packet_dribbled_after_connect_hits_keepalive(self):
         with self.witness("dribble", count=60):
             c = self.raw_connected("h-dribble2", keepalive=2)
@@ -625,12 +619,8 @@ class TestMountpoint(HostileBase):
         self.assertTrue(c.wait_closed(5), "not closed after CONNACK 2")
         c.close()
 
-    # BUG: with clientid_must_match_cn = true an empty client id is
-    # accepted (CONNACK 0, upstream id "<cn>-<hex>"): session_on_connect()
-    # skips policy_client_id_allowed() when client_id.len == 0, although
-    # that function refuses an empty id on purpose and the ini says
-    # "Refuse (CONNACK 2) a device whose client id is not its certificate CN".
-    @unittest.expectedFailure
+    # Regression: with clientid_must_match_cn an empty client id is
+    # refused with CONNACK 2 (a generated id would not be the CN either).
     def test_empty_client_id_refused_when_it_must_match_cn(self):
         self._refused_id("")
         self.assertBridgeAlive()

@@ -155,6 +155,43 @@ class TestUpstreamVerification(unittest.TestCase):
         self.assertEqual(rc, 0)
 
 
+class TestPrivileges(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="meb-priv-")
+        os.chmod(self.tmp, 0o755)
+        self.pki = TestPki(os.path.join(self.tmp, "pki"))
+        self.mosq = Mosquitto(self.pki, self.tmp, {"sensor-1": "pw-1"})
+
+    def test_world_readable_key_refused(self):
+        os.chmod(self.pki.listener[1], 0o644)
+        b = Bridge(self.pki, self.tmp, self.mosq)
+        r = subprocess.run([BRIDGE_BIN, "--check-config", "--config", b.conf],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=10)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(self.pki.listener[1], r.stderr)
+        self.assertIn("readable by every user", r.stderr)
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to drop privileges")
+    def test_drops_privileges_after_start(self):
+        self.mosq.start()
+        b = Bridge(self.pki, self.tmp, self.mosq, {"bridge": {"user": "nobody"}})
+        b.start()
+        try:
+            b.wait_log(r"running as nobody")
+            with open("/proc/%d/status" % b.proc.pid) as f:
+                uid_line = [l for l in f if l.startswith("Uid:")][0]
+            self.assertEqual(set(uid_line.split()[1:]), {"65534"})
+            # and it still works: keys were read, the spool is its own
+            r = Device(self.pki, "sensor-1", b.port).run("--username", "sensor-1", "--password", "pw-1",
+                                                         "--pub", "priv/x=1", "--qos", "1")
+            self.assertEqual(r.rc, 0, r)
+            self.assertEqual(os.stat(os.path.join(self.tmp, "spool")).st_uid, 65534)
+        finally:
+            rc = b.stop()
+            self.mosq.stop()
+        self.assertEqual(rc, 0)
+
+
 class TestConfigErrors(unittest.TestCase):
     def test_unknown_key_names_file_line_and_key(self):
         with tempfile.TemporaryDirectory() as tmp:

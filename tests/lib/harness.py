@@ -203,7 +203,7 @@ class Bridge:
                 "certfile": bcrt,
                 "keyfile": bkey,
             },
-            "bridge": {},
+            "bridge": {"user": ""},  # the tests' files are root's
             "limits": {},
             "spool": {"directory": os.path.join(workdir, "spool")},
             "log": {"level": "debug", "target": "stderr"},

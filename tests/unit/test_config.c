@@ -164,6 +164,7 @@ static void assert_defaults(const struct config *c, bool files_set)
         assert_null(c->bridge.password);
         assert_null(c->bridge.mountpoint);
         assert_false(c->bridge.clientid_must_match_cn);
+        assert_string_equal(c->bridge.user, "mqtt-edge-bridge");
 
         assert_int_equal(c->limits.max_connections, 1024);
         assert_int_equal(c->limits.max_packet_size, 262144);
