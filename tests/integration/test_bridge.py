@@ -5,7 +5,11 @@ required, password file) is the main broker; a real BearSSL client
 (edge-device, configured like the ESP8266 core) is the device.
 """
 
+import json
 import os
+import socket
+import ssl
+import subprocess
 import sys
 import time
 import unittest
@@ -217,6 +221,62 @@ class TestTransport(BridgeTestCase):
         self.assertEqual(tls[0]["mfl"], "512", r)
         self.assertIn("resumed handshake", self.bridge.text())
         self.assertIn("max fragment 512", self.bridge.text())
+
+
+class TestDoctorAgainstBridge(BridgeTestCase):
+    """Issue 3: the doctor's live check, exactly as a device would connect,
+    succeeds against the bridge's listener, session resumption included."""
+
+    def test_doctor_connect(self):
+        doctor = os.environ.get("DOCTOR", "mqtt-edge-bridge-doctor")
+        crt, key = self.pki.device("sensor-1")
+        r = subprocess.run([doctor, "connect", "127.0.0.1:%d" % self.bridge.port, "--ca", self.pki.ca.ca_crt,
+                            "--cert", crt, "--key", key, "--name", "127.0.0.1", "--json",
+                            "--client-id", "sensor-1"] + self.creds("sensor-1"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        rep = json.loads(r.stdout)
+        self.assertTrue(rep["device_ok"], rep)
+        self.assertTrue(rep["mfl"]["accepted"], rep)
+        self.assertTrue(rep["resumption"]["resumed"], rep)
+        self.assertEqual(rep["mqtt"]["connack"], 0, rep)
+
+    def test_doctor_cert_on_listener_certificate(self):
+        doctor = os.environ.get("DOCTOR", "mqtt-edge-bridge-doctor")
+        r = subprocess.run([doctor, "cert", self.pki.listener[0], "--ca", self.pki.ca.ca_crt,
+                            "--name", "127.0.0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        # and the broker's SAN certificate is the one a device would refuse
+        r = subprocess.run([doctor, "cert", self.pki.broker[0], "--ca", self.pki.ca.ca_crt,
+                            "--name", "127.0.0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, timeout=30)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("BR_ERR_X509_BAD_SERVER_NAME", r.stdout)
+
+
+class TestIPv6Listener(BridgeTestCase):
+    bridge_sections = {"listener": {"bind_address": "127.0.0.1 ::1"}}
+
+    @unittest.skipUnless(socket.has_ipv6, "no IPv6")
+    def test_device_over_ipv6_loopback(self):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(self.pki.ca.ca_crt)
+        ctx.check_hostname = False  # CN-only certificate: BearSSL's case, not OpenSSL's
+        crt, key = self.pki.device("sensor-1")
+        ctx.load_cert_chain(crt, key)
+        try:
+            raw = socket.create_connection(("::1", self.bridge.port), timeout=5)
+        except OSError as e:
+            self.skipTest("no IPv6 loopback: %s" % e)
+        with raw, ctx.wrap_socket(raw) as s:
+            cid, user, pw = b"sensor-1", b"sensor-1", self.users["sensor-1"].encode()
+            var = b"\x00\x04MQTT\x04\xc2\x00\x3c"
+            payload = (len(cid).to_bytes(2, "big") + cid + len(user).to_bytes(2, "big") + user
+                       + len(pw).to_bytes(2, "big") + pw)
+            s.sendall(bytes([0x10, len(var) + len(payload)]) + var + payload)
+            self.assertEqual(s.recv(4), b"\x20\x02\x00\x00")
+        self.bridge.wait_log(r"peer=\[::1\]:\d+")
 
 
 class TestUnixSocketUpstream(BridgeTestCase):
