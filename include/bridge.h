@@ -32,6 +32,7 @@ struct metrics;
 struct bridge_stats {
         uint64_t connections_accepted;
         uint64_t refused_max_connections;
+        uint64_t refused_accept_errors;  /* accept() failed: out of descriptors or memory */
         uint64_t refused_connack[BRIDGE_CONNACK_CODES]; /* by CONNACK return code 1..5 sent to refuse */
         uint64_t handshakes_full;
         uint64_t handshakes_resumed;

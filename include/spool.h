@@ -80,6 +80,11 @@ int spool_read_next(struct spool *s, struct spool_msg **out);
  * file is emptied. Returns 0 or a negative errno. */
 int spool_ack_through(struct spool *s, uint64_t seq);
 
+/* The replay cursor, to come back to it when a read message could not be
+ * sent. */
+uint64_t spool_cursor(const struct spool *s);
+void spool_set_cursor(struct spool *s, uint64_t cursor);
+
 /* Rewind the replay cursor (after the upstream connection was lost again
  * mid-replay: unacknowledged messages are sent again). */
 void spool_rewind(struct spool *s);

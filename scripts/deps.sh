@@ -7,7 +7,7 @@ set -eu
 # package test (tests/package).
 PKGS="meson ninja-build gcc clang pkg-config
       libmosquitto-dev libssl-dev libsystemd-dev libinih-dev libcmocka-dev libbearssl-dev
-      mosquitto mosquitto-clients openssl python3 valgrind
+      mosquitto mosquitto-clients openssl python3 valgrind stunnel4
       gcc-xtensa-lx106 picolibc-xtensa-lx106-elf
       systemd adduser
       build-essential debhelper dpkg-dev fakeroot lintian"

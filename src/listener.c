@@ -20,7 +20,15 @@ struct listener {
         int fd;
         uint16_t port;
         sd_event_source *io;
+        sd_event_source *retry;   /* re-enables io after running out of descriptors */
 };
+
+static int listener_on_retry(sd_event_source *src, uint64_t usec, void *userdata)
+{
+        struct listener *l = userdata;
+        sd_event_source_set_enabled(l->io, SD_EVENT_ON);
+        return 0;
+}
 
 static int listener_on_accept(sd_event_source *src, int fd, uint32_t revents, void *userdata)
 {
@@ -36,11 +44,25 @@ static int listener_on_accept(sd_event_source *src, int fd, uint32_t revents, vo
                 if (cfd < 0) {
                         if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED)
                                 return 0;
-                        if (errno == EMFILE || errno == ENFILE)
-                                log_warning("accept: %s (raise LimitNOFILE= or lower max_connections)",
-                                            strerror(errno));
-                        else
-                                log_warning("accept: %s", strerror(errno));
+                        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                                /* The connection stays in the backlog and the
+                                 * socket stays readable: level-triggered, that
+                                 * would spin. Pause accepting for 200 ms. */
+                                log_warning("accept: %s (raise LimitNOFILE= or lower max_connections); "
+                                            "not accepting for 200 ms", strerror(errno));
+                                b->stats.refused_accept_errors++;
+                                sd_event_source_set_enabled(l->io, SD_EVENT_OFF);
+                                uint64_t now = 0;
+                                sd_event_now(b->event, CLOCK_MONOTONIC, &now);
+                                if (!l->retry)
+                                        sd_event_add_time(b->event, &l->retry, CLOCK_MONOTONIC, now + 200000, 50000,
+                                                          listener_on_retry, l);
+                                else
+                                        sd_event_source_set_time(l->retry, now + 200000);
+                                sd_event_source_set_enabled(l->retry, SD_EVENT_ONESHOT);
+                                return 0;
+                        }
+                        log_warning("accept: %s", strerror(errno));
                         return 0;
                 }
                 b->stats.connections_accepted++;
@@ -139,6 +161,7 @@ void listener_free(struct listener *l)
         if (!l)
                 return;
         sd_event_source_disable_unref(l->io);
+        sd_event_source_disable_unref(l->retry);
         if (l->fd >= 0)
                 close(l->fd);
         free(l);

@@ -13,6 +13,7 @@
 struct ob_msg {
         struct ob_msg *next;
         int mid;
+        unsigned shadowed;      /* QoS 0 publishes that got the same mid since */
         uint16_t pid;
         uint8_t qos;
         bool retain;
@@ -220,12 +221,23 @@ void outbox_free(struct outbox *o)
         free(o);
 }
 
+/* libmosquitto reports a QoS 0 publish through on_publish too, with a mid
+ * from the same 16-bit counter: after a wrap-around it can equal that of a
+ * QoS 1/2 message still in flight, whose PUBACK must not be faked. */
+static void ob_shadow(struct outbox *o, int mid)
+{
+        for (struct ob_msg *m = o->fly_head; m; m = m->next)
+                if (m->mid == mid)
+                        m->shadowed++;
+}
+
 /* Send spooled messages upstream, in order, up to the in-flight limit. */
 static void ob_pump(struct outbox *o)
 {
         while (o->connected && o->spooling && o->spool && o->n_replay < o->p.max_inflight) {
                 struct spool_msg *m = NULL;
                 int mid = 0;
+                uint64_t cursor = spool_cursor(o->spool);
                 int r = spool_read_next(o->spool, &m);
                 if (r < 0) {
                         log_error("spool of \"%s\": read error: %s", o->name, strerror(-r));
@@ -243,8 +255,13 @@ static void ob_pump(struct outbox *o)
                 r = upstream_publish(o->up, &mid, m->topic, m->payload, m->payload_len, m->qos, m->retain);
                 uint64_t seq = m->seq;
                 free(m);
-                if (r < 0)
-                        return; /* the loss arrives through outbox_upstream_lost */
+                if (r < 0) {
+                        /* Read it again next time: the cursor must not pass
+                         * a message that did not go out. A lost connection
+                         * arrives through outbox_upstream_lost. */
+                        spool_set_cursor(o->spool, cursor);
+                        return;
+                }
                 o->replay[o->n_replay++] = (struct ob_replay){ .mid = mid, .seq = seq };
                 o->last_read_seq = seq;
                 count(o->p.stat_replayed);
@@ -257,8 +274,10 @@ static void ob_flush_qos0(struct outbox *o)
 {
         while (o->connected && o->q0_head) {
                 struct ob_msg *m = o->q0_head;
-                if (upstream_publish(o->up, NULL, m->topic, m->data, m->len, 0, m->retain) < 0)
+                int mid = 0;
+                if (upstream_publish(o->up, &mid, m->topic, m->data, m->len, 0, m->retain) < 0)
                         return;
+                ob_shadow(o, mid);
                 o->q0_head = m->next;
                 if (!o->q0_head)
                         o->q0_tail = NULL;
@@ -315,8 +334,14 @@ int outbox_publish(struct outbox *o, uint16_t pid, uint8_t qos, bool retain, con
         int r;
 
         if (qos == 0) {
-                if (o->connected)
-                        return upstream_publish(o->up, NULL, topic, payload, len, 0, retain);
+                if (o->connected) {
+                        int mid = 0;
+                        r = upstream_publish(o->up, &mid, topic, payload, len, 0, retain);
+                        if (r != -ENOTCONN) {
+                                ob_shadow(o, mid);
+                                return r;
+                        }
+                }
                 return ob_queue_qos0(o, retain, topic, payload, len);
         }
         if (o->spooling || !o->connected)
@@ -343,6 +368,8 @@ int outbox_publish(struct outbox *o, uint16_t pid, uint8_t qos, bool retain, con
 
 int outbox_commit(struct outbox *o)
 {
+        if (!o)
+                return 0;
         int r;
 
         if (o->n_acks == 0)
@@ -361,6 +388,8 @@ int outbox_commit(struct outbox *o)
 
 bool outbox_has(const struct outbox *o, uint16_t pid)
 {
+        if (!o)
+                return false;
         for (const struct ob_msg *m = o->fly_head; m; m = m->next)
                 if (m->pid == pid)
                         return true;
@@ -372,16 +401,25 @@ bool outbox_has(const struct outbox *o, uint16_t pid)
 
 bool outbox_full(const struct outbox *o)
 {
+        if (!o)
+                return false;
         return o->n_fly >= o->p.max_inflight;
 }
 
 bool outbox_on_published(struct outbox *o, int mid)
 {
+        if (!o)
+                return false;
         struct ob_msg **pp, *m;
 
         for (pp = &o->fly_head; (m = *pp); pp = &m->next) {
                 if (m->mid != mid)
                         continue;
+                if (m->shadowed > 0) {
+                        /* This is the QoS 0 publish's callback, not ours. */
+                        m->shadowed--;
+                        return true;
+                }
                 *pp = m->next;
                 if (o->fly_tail == m) {
                         o->fly_tail = NULL;
@@ -441,6 +479,8 @@ int outbox_upstream_lost(struct outbox *o)
 
 uint64_t outbox_spooled(const struct outbox *o)
 {
+        if (!o)
+                return 0;
         return o->spool ? spool_pending(o->spool) : 0;
 }
 

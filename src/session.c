@@ -150,6 +150,7 @@ static void session_close(struct session *s, enum log_level level, const char *r
 static void session_update_events(struct session *s);
 static void session_process_input(struct session *s);
 static void session_flush(struct session *s);
+static void session_drain_queue(struct session *s);
 
 static const struct config *cfg_of(const struct session *s)
 {
@@ -263,6 +264,29 @@ static bool session_out_full(const struct session *s)
         return s->out_len - s->out_off > cfg_of(s)->limits.max_queued_bytes;
 }
 
+/* SUBACK: one return code per filter, in the order requested (§3.9.3). */
+static void session_send_suback(struct session *s, uint16_t pid, const uint8_t *codes, size_t n)
+{
+        size_t rem = 2 + n;
+        size_t len = 1 + (rem < 128 ? 1 : rem < 16384 ? 2 : rem < 2097152 ? 3 : 4) + rem;
+        uint8_t *buf = session_out_reserve(s, len, false);
+
+        if (!buf) {
+                session_close(s, LOG_LEVEL_ERR, "out of memory");
+                return;
+        }
+        mqtt_encode_suback(buf, len, pid, codes, n);
+}
+
+static void pending_sub_free(struct pending_sub *ps)
+{
+        if (!ps)
+                return;
+        free(ps->codes);
+        free(ps->group);
+        free(ps);
+}
+
 /* Write what is queued, as far as the socket takes it. Returns 0, or a
  * negative errno with why set. Never closes the session. */
 static int session_write_out(struct session *s, char *why, size_t whylen)
@@ -306,6 +330,10 @@ static void session_flush(struct session *s)
                 s->paused_backlog = false;
                 sd_event_source_set_enabled(s->resume, SD_EVENT_ONESHOT);
         }
+        /* Messages that waited for room in the output go now (the last
+         * device ack may have come while it was full). */
+        if (s->q_head && s->state == S_ACTIVE && !session_out_full(s))
+                session_drain_queue(s);
 }
 
 /* ---- upstream → device ---- */
@@ -411,6 +439,27 @@ static void session_drain_queue(struct session *s)
         }
 }
 
+/* Queue a QoS 1/2 message for the device behind the in-flight limit.
+ * Returns 0, or -ENOBUFS over max_queued_bytes, -ENOMEM. */
+static int session_enqueue(struct session *s, const uint8_t *topic, size_t topic_len, const void *payload,
+                           size_t payload_len, uint8_t qos, bool retain)
+{
+        struct down_queued *q;
+
+        if (s->q_bytes + topic_len + payload_len > cfg_of(s)->limits.max_queued_bytes)
+                return -ENOBUFS;
+        q = dq_new(topic, topic_len, payload, payload_len, qos, retain);
+        if (!q)
+                return -ENOMEM;
+        if (s->q_tail)
+                s->q_tail->next = q;
+        else
+                s->q_head = q;
+        s->q_tail = q;
+        s->q_bytes += topic_len + payload_len;
+        return 0;
+}
+
 static void up_on_message(void *ud, const struct mosquitto_message *msg)
 {
         struct session *s = ud;
@@ -418,37 +467,31 @@ static void up_on_message(void *ud, const struct mosquitto_message *msg)
         size_t off = 0;
         int r;
 
-        if (s->state != S_ACTIVE)
+        if (s->state != S_ACTIVE && !(s->state == S_CLOSED && !s->clean_session)) {
+                s->b->stats.msgs_dropped++;
                 return;
+        }
         if (policy_topic_from_upstream(s->mountpoint, msg->topic, &off) < 0)
                 return; /* not under this device's mountpoint */
 
         const uint8_t *topic = (const uint8_t *) msg->topic + off;
         size_t topic_len = strlen(msg->topic) - off;
+        size_t payload_len = (size_t) msg->payloadlen;
         uint8_t qos = (uint8_t) (msg->qos > 2 ? 2 : msg->qos);
 
-        if (qos > 0 && (s->n_downf >= lim->max_inflight_messages || s->q_head)) {
+        if (s->state == S_CLOSED) {
+                /* libmosquitto has acknowledged it upstream already; the
+                 * device's persistent session gets it when it returns. */
+                r = qos > 0 ? session_enqueue(s, topic, topic_len, msg->payload, payload_len, qos, msg->retain)
+                            : -ENOBUFS;
+        } else if (qos > 0 && (s->n_downf >= lim->max_inflight_messages || s->q_head)) {
                 /* Keep order: once anything waits, everything waits. */
-                if (s->q_bytes + topic_len + (size_t) msg->payloadlen > lim->max_queued_bytes) {
-                        r = -ENOBUFS;
-                } else {
-                        struct down_queued *q = dq_new(topic, topic_len, msg->payload,
-                                                       (size_t) msg->payloadlen, qos, msg->retain);
-                        if (!q) {
-                                r = -ENOMEM;
-                        } else {
-                                if (s->q_tail)
-                                        s->q_tail->next = q;
-                                else
-                                        s->q_head = q;
-                                s->q_tail = q;
-                                s->q_bytes += topic_len + (size_t) msg->payloadlen;
-                                r = 0;
-                        }
-                }
+                r = session_enqueue(s, topic, topic_len, msg->payload, payload_len, qos, msg->retain);
         } else {
-                r = session_send_publish(s, topic, topic_len, msg->payload, (size_t) msg->payloadlen,
-                                         qos, msg->retain, NULL, 0, false);
+                r = session_send_publish(s, topic, topic_len, msg->payload, payload_len, qos, msg->retain,
+                                         NULL, 0, false);
+                if (r == -ENOBUFS && qos > 0)
+                        r = session_enqueue(s, topic, topic_len, msg->payload, payload_len, qos, msg->retain);
         }
         if (r < 0) {
                 struct log_fields f = session_fields(s, r == -EMSGSIZE ? "message over max_packet_size" :
@@ -457,6 +500,8 @@ static void up_on_message(void *ud, const struct mosquitto_message *msg)
                 log_msg(LOG_LEVEL_WARNING, &f, "dropped a QoS %u message on %s for the device", qos, msg->topic);
                 return;
         }
+        if (s->state == S_CLOSED)
+                return;
         session_flush(s);
         session_update_events(s);
 }
@@ -536,7 +581,8 @@ static void session_hold(struct session *s)
         held_free(held_take(s->b, h->client_id));
         /* Bounded: no more held sessions than connections allowed; the
          * oldest gives way. */
-        if (s->b->cfg.limits.max_connections && s->b->n_held >= s->b->cfg.limits.max_connections) {
+        unsigned max_held = s->b->cfg.limits.max_connections ? s->b->cfg.limits.max_connections : 65536;
+        if (s->b->n_held >= max_held) {
                 for (tail = &s->b->held; (*tail)->next; tail = &(*tail)->next)
                         ;
                 struct log_fields f = { .client_id = (*tail)->client_id, .reason = "too many held sessions" };
@@ -580,6 +626,10 @@ static void session_redeliver(struct session *s)
                         session_send_ack(s, MQTT_PUBREL, c->pid);
                 } else if (session_send_publish(s, c->data, c->topic_len, c->data + c->topic_len, c->payload_len,
                                                 c->qos, c->retain, c, c->pid, true) < 0) {
+                        /* No room now: send it later like a new one. */
+                        if (session_enqueue(s, c->data, c->topic_len, c->data + c->topic_len, c->payload_len,
+                                            c->qos, c->retain) < 0)
+                                s->b->stats.msgs_dropped++;
                         free(c);
                         continue;
                 }
@@ -688,16 +738,8 @@ static void up_on_subscribe(void *ud, int mid, int n, const int *granted)
                 if (--ps->waiting > 0)
                         return;
                 *pp = ps->next;
-                size_t rem = 2 + ps->count;
-                size_t len = 1 + (rem < 128 ? 1 : rem < 16384 ? 2 : 3) + rem;
-                uint8_t *buf = session_out_reserve(s, len, false);
-                if (buf)
-                        mqtt_encode_suback(buf, len, ps->pid, ps->codes, ps->count);
-                else
-                        session_close(s, LOG_LEVEL_ERR, "out of memory");
-                free(ps->codes);
-                free(ps->group);
-                free(ps);
+                session_send_suback(s, ps->pid, ps->codes, ps->count);
+                pending_sub_free(ps);
                 session_flush(s);
                 session_update_events(s);
                 return;
@@ -769,7 +811,9 @@ static void session_accept_offline(struct session *s, const char *why)
         session_redeliver(s);
         session_schedule_reconnect(s);
         session_flush(s);
-        session_process_input(s);
+        /* Packets behind CONNECT: from the resume source, never from here
+         * (this may run inside session_process_input). */
+        sd_event_source_set_enabled(s->resume, SD_EVENT_ONESHOT);
         session_update_events(s);
 }
 
@@ -827,8 +871,10 @@ static void up_on_connect(void *ud, int rc, bool session_present)
         outbox_set_upstream(s->outbox, s->up, true);
         session_redeliver(s);
         session_flush(s);
-        /* Packets the device sent right behind CONNECT waited for this. */
-        session_process_input(s);
+        /* Packets the device sent right behind CONNECT waited for this
+         * (some perhaps still inside OpenSSL): the resume source reads
+         * and handles them. */
+        sd_event_source_set_enabled(s->resume, SD_EVENT_ONESHOT);
         session_update_events(s);
 }
 
@@ -842,14 +888,8 @@ static void session_answer_pending(struct session *s)
                 for (size_t e = 0; e < ps->count; e++)
                         if (ps->group[e] >= 0)
                                 ps->codes[e] = (uint8_t) ps->group[e];
-                size_t rem = 2 + ps->count;
-                size_t len = 1 + (rem < 128 ? 1 : rem < 16384 ? 2 : 3) + rem;
-                uint8_t *buf = session_out_reserve(s, len, false);
-                if (buf)
-                        mqtt_encode_suback(buf, len, ps->pid, ps->codes, ps->count);
-                free(ps->codes);
-                free(ps->group);
-                free(ps);
+                session_send_suback(s, ps->pid, ps->codes, ps->count);
+                pending_sub_free(ps);
         }
         while (s->unsubs) {
                 struct pending_unsub *pu = s->unsubs;
@@ -913,6 +953,9 @@ static void up_on_lost(void *ud, const char *why)
         session_answer_pending(s);
         session_schedule_reconnect(s);
         session_flush(s);
+        /* Nothing is in flight any more: what waited behind the in-flight
+         * limit goes to the spool now. */
+        session_resume_input(s);
         session_update_events(s);
 }
 
@@ -963,23 +1006,14 @@ static void session_refuse(struct session *s, uint8_t rc, const char *why)
 static int session_open_outbox(struct session *s)
 {
         const struct config *cfg = cfg_of(s);
-        size_t klen = strlen(s->cn) + 1 + strlen(s->client_id) + 1;
-        char *key = malloc(klen);
+        /* One spool per upstream client id: the identity the broker knows.
+         * (A generated id for an empty client id is unique per connection;
+         * what such a connection leaves behind is replayed.) */
+        char *key = strdup(s->up_client_id);
         int r;
 
         if (!key)
                 return -ENOMEM;
-        snprintf(key, klen, "%s\n%s", s->cn, s->client_id);
-        if (cfg->spool.directory) {
-                /* If a replayer is sending this device's spool, the device
-                 * takes it over: one file, one writer. */
-                s->spool_path = spool_path(cfg->spool.directory, key);
-                if (!s->spool_path) {
-                        free(key);
-                        return -ENOMEM;
-                }
-                replayer_stop(s->b, s->spool_path);
-        }
         /* §3.1.4 [MQTT-3.1.4-2]: a client connecting with the id of one
          * already connected takes over; the old connection is closed (its
          * will is published), and what it had not acknowledged is held for
@@ -989,12 +1023,18 @@ static int session_open_outbox(struct session *s)
                 if (o == s || o->state == S_CLOSED || !o->up_client_id ||
                     strcmp(o->up_client_id, s->up_client_id) != 0)
                         continue;
-                if (o->outbox && o->client_id && strcmp(o->cn, s->cn) == 0 && strcmp(o->client_id, s->client_id) == 0) {
-                        outbox_free(o->outbox);
-                        o->outbox = NULL;
-                }
                 session_hold(o);
                 session_close(o, LOG_LEVEL_NOTICE, "taken over by a new connection with the same client id [MQTT-3.1.4-2]");
+        }
+        if (cfg->spool.directory) {
+                /* If a replayer is sending this device's spool, the device
+                 * takes it over: one file, one writer. */
+                s->spool_path = spool_path(cfg->spool.directory, key);
+                if (!s->spool_path) {
+                        free(key);
+                        return -ENOMEM;
+                }
+                replayer_stop(s->b, s->spool_path);
         }
         struct outbox_params p = {
                 .spool_dir = cfg->spool.directory,
@@ -1219,6 +1259,12 @@ static void session_on_publish(struct session *s, const struct mqtt_publish *p)
 /* Remember a subscription (upstream form) to send it again later. */
 static void session_record_sub(struct session *s, const char *filter, uint8_t qos, bool sent)
 {
+        for (unsigned i = 0; i < s->n_unsent_unsubs; i++)
+                if (strcmp(s->unsent_unsubs[i], filter) == 0) {
+                        free(s->unsent_unsubs[i]);
+                        s->unsent_unsubs[i] = s->unsent_unsubs[--s->n_unsent_unsubs];
+                        break;
+                }
         for (unsigned i = 0; i < s->n_srec; i++)
                 if (strcmp(s->srec[i].filter, filter) == 0) {
                         s->srec[i].qos = qos;
@@ -1316,23 +1362,20 @@ static void session_on_subscribe(struct session *s, const struct mqtt_list *l)
                 free(filters[g]);
                 filters[g] = NULL;
         }
+        if (ps->waiting == 0) {
+                /* Nothing went upstream (refused here, or the broker is
+                 * away): answer now with the codes decided above. */
+                session_send_suback(s, ps->pid, ps->codes, ps->count);
+                pending_sub_free(ps);
+                return;
+        }
         ps->next = s->subs;
         s->subs = ps;
-        if (ps->waiting == 0) {
-                /* Nothing went upstream: answer now. Reuse the path. */
-                ps->waiting = 1;
-                ps->mids[0] = -2;
-                up_on_subscribe(s, -2, 0, NULL);
-        }
         return;
 oom:
         for (int g = 0; g < 3; g++)
                 free(filters[g]);
-        if (ps) {
-                free(ps->codes);
-                free(ps->group);
-                free(ps);
-        }
+        pending_sub_free(ps);
         session_close(s, LOG_LEVEL_ERR, "out of memory");
 }
 
@@ -1362,6 +1405,11 @@ static void session_on_unsubscribe(struct session *s, const struct mqtt_list *l)
                 if (u) {
                         s->unsent_unsubs = u;
                         for (int k = 0; k < n; k++) {
+                                bool dup = false;
+                                for (unsigned j = 0; j < s->n_unsent_unsubs; j++)
+                                        dup = dup || strcmp(u[j], filters[k]) == 0;
+                                if (dup)
+                                        continue; /* bounded: one entry per filter */
                                 u[s->n_unsent_unsubs++] = filters[k];
                                 filters[k] = NULL;
                         }
@@ -1662,6 +1710,12 @@ static int session_io(sd_event_source *src, int fd, uint32_t revents, void *user
                         session_read(s);
                 if (s->state != S_CLOSED && (revents & EPOLLOUT || s->tls.write_wants_read))
                         session_flush(s);
+                if (s->state != S_CLOSED && (revents & (EPOLLERR | EPOLLHUP))) {
+                        /* epoll keeps reporting these whatever we ask for:
+                         * with input paused, nothing else would end it. */
+                        session_close(s, LOG_LEVEL_INFO, "connection reset by the device");
+                        return 0;
+                }
                 if (s->state == S_CLOSED)
                         return 0;
                 /* A write can need a read (write_wants_read) and data may be
@@ -1727,6 +1781,24 @@ static void session_update_events(struct session *s)
 
 /* ---- life and death ---- */
 
+/* Give up the outbox as soon as the session ends (not when it is reaped):
+ * a new connection of the same device may open the same spool in the
+ * meantime. Messages in flight upstream are dropped unacknowledged (the
+ * device sends them again); a spool that still holds messages goes to a
+ * replayer. */
+static void session_release_outbox(struct session *s)
+{
+        bool spooled;
+
+        if (!s->outbox)
+                return;
+        spooled = outbox_spooled(s->outbox) > 0;
+        outbox_free(s->outbox);
+        s->outbox = NULL;
+        if (spooled && s->spool_path && !s->b->stopping)
+                (void) replayer_start(s->b, s->spool_path); /* the device is away; its spool is not */
+}
+
 static void session_close(struct session *s, enum log_level level, const char *reason)
 {
         if (s->state == S_CLOSED)
@@ -1741,6 +1813,7 @@ static void session_close(struct session *s, enum log_level level, const char *r
         }
         tls_conn_shutdown(&s->tls);
         s->state = S_CLOSED;
+        session_release_outbox(s);
         sd_event_source_set_enabled(s->io, SD_EVENT_OFF);
         sd_event_source_set_enabled(s->timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(s->resume, SD_EVENT_OFF);
@@ -1788,19 +1861,14 @@ void session_free(struct session *s)
         while (s->subs) {
                 struct pending_sub *ps = s->subs;
                 s->subs = ps->next;
-                free(ps->codes);
-                free(ps->group);
-                free(ps);
+                pending_sub_free(ps);
         }
         while (s->unsubs) {
                 struct pending_unsub *pu = s->unsubs;
                 s->unsubs = pu->next;
                 free(pu);
         }
-        bool spooled = s->outbox && outbox_spooled(s->outbox) > 0;
-        outbox_free(s->outbox);
-        if (spooled && s->spool_path && !s->b->stopping)
-                (void) replayer_start(s->b, s->spool_path); /* the device is away; its spool is not */
+        session_release_outbox(s);
         free(s->spool_path);
         sd_event_source_disable_unref(s->reconnect);
         for (unsigned i = 0; i < s->n_srec; i++)

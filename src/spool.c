@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <openssl/crypto.h>
@@ -93,6 +94,23 @@ static int write_full(int fd, const uint8_t *buf, size_t len)
         return 0;
 }
 
+/* Append one encoded record at the end of the file. On a failed write,
+ * cut off whatever part was written so the next record starts on a
+ * boundary. Returns 0 or a negative errno. */
+static int spool_write_record(struct spool *s, const uint8_t *buf, size_t len)
+{
+        int r = write_full(s->fd, buf, len);
+
+        if (r < 0) {
+                if (ftruncate(s->fd, (off_t) s->size) == 0)
+                        (void) lseek(s->fd, (off_t) s->size, SEEK_SET);
+                return r;
+        }
+        s->size += len;
+        s->dirty = true;
+        return 0;
+}
+
 /* Read the record at off into a fresh buffer. Returns 1 (*rec points into
  * *buf, caller frees it), 0 at the end or at a torn/invalid tail. */
 static int spool_read_at(struct spool *s, uint64_t off, struct spool_record *rec, uint8_t **buf, size_t *used)
@@ -176,6 +194,12 @@ int spool_open_path(const char *path, uint64_t max_bytes, struct spool **out)
                 r = -errno;
                 goto fail;
         }
+        /* One writer per file, always: a second one would write over the
+         * first's records or truncate what it still holds. */
+        if (flock(s->fd, LOCK_EX | LOCK_NB) < 0) {
+                r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+                goto fail;
+        }
         /* Recover: walk the records; the first that does not decode is
          * where a write was cut off by a crash. */
         for (;;) {
@@ -257,20 +281,15 @@ static int spool_write_meta(struct spool *s)
         buf = malloc(rlen);
         r = buf ? spool_record_encode(buf, rlen, &rec) : -ENOMEM;
         if (r >= 0)
-                r = write_full(s->fd, buf, rlen);
+                r = spool_write_record(s, buf, rlen);
         if (payload)
                 OPENSSL_cleanse(payload, len);
         if (buf)
                 OPENSSL_cleanse(buf, rlen);
         free(payload);
         free(buf);
-        if (r < 0) {
-                if (ftruncate(s->fd, (off_t) s->size) == 0)
-                        (void) lseek(s->fd, (off_t) s->size, SEEK_SET);
+        if (r < 0)
                 return r;
-        }
-        s->size += rlen;
-        s->dirty = true;
         s->meta_written = true;
         return 0;
 }
@@ -338,17 +357,10 @@ int spool_append(struct spool *s, uint8_t qos, bool retain, const char *topic, c
                 return -ENOMEM;
         r = spool_record_encode(buf, rlen, &rec);
         if (r >= 0)
-                r = write_full(s->fd, buf, rlen);
+                r = spool_write_record(s, buf, rlen);
         free(buf);
-        if (r < 0) {
-                /* Cut off whatever part was written, so the next record
-                 * starts on a boundary. */
-                if (ftruncate(s->fd, (off_t) s->size) == 0)
-                        (void) lseek(s->fd, (off_t) s->size, SEEK_SET);
+        if (r < 0)
                 return r;
-        }
-        s->size += rlen;
-        s->dirty = true;
         *seq = s->next_seq++;
         return 0;
 }
@@ -415,7 +427,17 @@ int spool_ack_through(struct spool *s, uint64_t seq)
                 s->read_off = 0;
                 s->dirty = false;
                 s->meta_written = false;
-                return 0;
+                /* Sequence numbers go on (the replay is counting them):
+                 * say where they stand, or a crash would count every number
+                 * since the file was created as pending. */
+                struct spool_record rec = { .type = SPOOL_ACKED, .seq = seq };
+                uint8_t buf[SPOOL_HEADER_LEN + 12];
+                int r = spool_record_encode(buf, sizeof buf, &rec);
+                if (r < 0)
+                        return r;
+                r = spool_write_record(s, buf, sizeof buf);
+                s->dirty = false;
+                return r;
         }
         /* Not synced: losing it only means a redelivery after a crash
          * (a QoS 1 duplicate), never a loss. */
@@ -424,11 +446,20 @@ int spool_ack_through(struct spool *s, uint64_t seq)
         int r = spool_record_encode(buf, sizeof buf, &rec);
         if (r < 0)
                 return r;
-        r = write_full(s->fd, buf, (size_t) r);
-        if (r < 0)
-                return r;
-        s->size += sizeof buf;
-        return 0;
+        bool dirty = s->dirty; /* an ACKED record needs no fsync of its own */
+        r = spool_write_record(s, buf, sizeof buf);
+        s->dirty = dirty;
+        return r;
+}
+
+uint64_t spool_cursor(const struct spool *s)
+{
+        return s->read_off;
+}
+
+void spool_set_cursor(struct spool *s, uint64_t cursor)
+{
+        s->read_off = cursor <= s->size ? cursor : s->size;
 }
 
 void spool_rewind(struct spool *s)

@@ -102,8 +102,10 @@ ssize_t tls_conn_read(struct tls_conn *c, void *buf, size_t len, char *why, size
         ERR_clear_error();
         errno = 0;
         r = SSL_read_ex(c->ssl, buf, len, &n);
-        if (r == 1)
+        if (r == 1) {
+                c->want_write = false;
                 return (ssize_t) n;
+        }
         c->want_write = false;
         r = tls_conn_error(c, 0, why, whylen);
         if (r == -EAGAIN && SSL_get_error(c->ssl, 0) == SSL_ERROR_WANT_WRITE)

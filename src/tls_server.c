@@ -116,8 +116,12 @@ int tls_server_ctx_new(const struct config_listener *l, SSL_CTX **out, char *err
         }
 
         SSL_CTX_set_min_proto_version(ctx, l->tls_version_min ? l->tls_version_min : TLS1_2_VERSION);
+        /* IGNORE_UNEXPECTED_EOF: a device whose Wi-Fi drops closes TCP
+         * without close_notify; that is an ordinary end (the MQTT layer
+         * decides about the will), not a TLS error that would also throw
+         * its session out of the cache. */
         SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
-                                 SSL_OP_NO_COMPRESSION);
+                                 SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
         /* Idle devices are most of them: give their 34 kB of record buffers
          * back between reads. Partial writes keep the event loop fair. */
         SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |

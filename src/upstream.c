@@ -29,6 +29,7 @@ struct upstream {
         bool refused;           /* CONNACK != 0 received */
         bool dead;              /* socket gone; on_lost delivered */
         bool lost;              /* libmosquitto said on_disconnect */
+        int lost_errno;         /* errno when it said so */
         bool backlog_seen;      /* the owner saw a backlog: tell it when drained */
         int lost_rc;
         uint64_t deadline;      /* CLOCK_MONOTONIC usec: connect timeout, or detach grace */
@@ -77,6 +78,7 @@ static void cb_disconnect(struct mosquitto *mosq, void *obj, int rc)
          * the owner hears of it after the loop function returns. */
         u->lost = true;
         u->lost_rc = rc;
+        u->lost_errno = errno;
 }
 
 static void cb_publish(struct mosquitto *mosq, void *obj, int mid)
@@ -148,6 +150,7 @@ static int upstream_io(sd_event_source *s, int fd, uint32_t revents, void *userd
                         err = ECONNREFUSED;
                 u->lost = true;
                 u->lost_rc = MOSQ_ERR_ERRNO;
+                u->lost_errno = err;
                 errno = err;
                 upstream_after_loop(u, MOSQ_ERR_ERRNO);
                 return 0;
@@ -207,8 +210,9 @@ static const char *upstream_lost_reason(struct upstream *u, int rc, char *buf, s
         if (ssl && !u->connected && SSL_get_verify_result(ssl) != X509_V_OK) {
                 snprintf(buf, len, "upstream certificate rejected: %s",
                          X509_verify_cert_error_string(SSL_get_verify_result(ssl)));
-        } else if (rc == MOSQ_ERR_ERRNO) {
-                snprintf(buf, len, "upstream connection: %s", strerror(errno));
+        } else if (rc == MOSQ_ERR_ERRNO || u->lost_rc == MOSQ_ERR_ERRNO) {
+                snprintf(buf, len, "upstream connection: %s",
+                         strerror(u->lost_errno ? u->lost_errno : errno));
         } else if (u->lost && u->lost_rc == 0) {
                 snprintf(buf, len, "upstream connection closed");
         } else {
@@ -453,6 +457,10 @@ static int mosq_to_errno(int rc)
         case MOSQ_ERR_SUCCESS: return 0;
         case MOSQ_ERR_NOMEM: return -ENOMEM;
         case MOSQ_ERR_NO_CONN: return -ENOTCONN;
+        /* A write failure on the broker socket: the loss is reported next
+         * (on_lost); the caller keeps the message for the spool. */
+        case MOSQ_ERR_CONN_LOST: return -ENOTCONN;
+        case MOSQ_ERR_ERRNO: return -ENOTCONN;
         case MOSQ_ERR_PAYLOAD_SIZE: return -EMSGSIZE;
         case MOSQ_ERR_OVERSIZE_PACKET: return -EMSGSIZE;
         case MOSQ_ERR_MALFORMED_UTF8: return -EINVAL;

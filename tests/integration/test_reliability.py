@@ -155,6 +155,31 @@ class TestStoreAndForward(ReliabilityCase):
         self.assertBridgeAlive()
 
 
+class TestStoreAndForwardUnixSocket(ReliabilityCase):
+    """The broker on a Unix socket that is down: connect() fails at once,
+    not asynchronously; the device must be accepted all the same."""
+    upstream_unix = True
+
+    def test_unix_socket_broker_down(self):
+        col = self.collector("sfu/#", "collector-sfu")
+        col.stop()
+        self.mosquitto.stop()
+        try:
+            r = self.device("sensor-1").run("--sub", "sfu-cmd/a:0", "--sub", "sfu-cmd/b:1", "--count", "3",
+                                            "--topic", "sfu/sensor-1", "--qos", "1", timeout=30)
+            self.assertEqual(r.rc, 0, r)
+            self.assertEqual(r.events("connack")[0]["rc"], "0")
+            # granted as requested while the broker is away (§3.9.3), not 0x80
+            self.assertEqual(r.events("suback")[0]["codes"], "0,1", r)
+            self.assertIn("done sent=3 acked=3", r.out)
+            self.assertNotIn("second CONNECT", self.bridge.text())
+        finally:
+            self.mosquitto.start()
+        col.start()
+        wait_for(lambda: len(set(col.received().get("sfu/sensor-1", []))) >= 3, 40, "replay over the socket")
+        col.stop()
+
+
 class TestBridgeCrash(ReliabilityCase):
     def test_bridge_killed_midstream(self):
         count = 300
