@@ -1644,6 +1644,13 @@ static void session_read(struct session *s)
                 if (s->state == S_CLOSED)
                         return;
         }
+        if (s->in_len == 0 && s->in) {
+                /* Idle devices are most of them: hold no input buffer
+                 * (READ_CHUNK bytes each) between reads. */
+                free(s->in);
+                s->in = NULL;
+                s->in_cap = 0;
+        }
 }
 
 static void session_handshake(struct session *s)

@@ -5,6 +5,8 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <mosquitto.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -15,6 +17,25 @@
 
 #define UPSTREAM_MISC_INTERVAL_USEC (1000 * 1000ULL)
 #define UPSTREAM_DETACHED_GRACE_USEC (5 * 1000 * 1000ULL)
+
+/* libmosquitto 2.0.x opens a socketpair per client (two descriptors) and
+ * writes one byte into it for every packet it queues, to wake a
+ * mosquitto_loop() this daemon never runs. Nothing drains it: every
+ * PUBLISH costs a write(2) that fails with EAGAIN once ~200 kB of kernel
+ * memory sit in the pair. When socketpair() fails, libmosquitto logs a
+ * warning and carries on without one. Refuse it to libmosquitto only
+ * (single-threaded: a flag is enough). libmosquitto 2.1 has
+ * MOSQ_OPT_DISABLE_SOCKETPAIR for this. */
+static bool upstream_refuse_socketpair;
+int socketpair(int domain, int type, int protocol, int sv[2]);
+int socketpair(int domain, int type, int protocol, int sv[2])
+{
+        if (upstream_refuse_socketpair) {
+                errno = EMFILE;
+                return -1;
+        }
+        return (int) syscall(SYS_socketpair, domain, type, protocol, sv);
+}
 
 struct upstream {
         struct upstream_pool *pool;
@@ -382,7 +403,9 @@ int upstream_connect(struct upstream_pool *p, const struct upstream_params *para
         LIST_PREPEND(all, p->all, u);
         p->n_open++;
 
+        upstream_refuse_socketpair = true;
         u->mosq = mosquitto_new(params->client_id, params->clean_session, u);
+        upstream_refuse_socketpair = false;
         if (!u->mosq) {
                 *why = "cannot create the upstream client";
                 goto fail;
@@ -419,7 +442,11 @@ int upstream_connect(struct upstream_pool *p, const struct upstream_params *para
         mosquitto_message_callback_set(u->mosq, cb_message);
         mosquitto_subscribe_callback_set(u->mosq, cb_subscribe);
         mosquitto_unsubscribe_callback_set(u->mosq, cb_unsubscribe);
-        mosquitto_log_callback_set(u->mosq, cb_log);
+        /* libmosquitto formats a debug line (malloc + vsnprintf) for every
+         * packet it sends or receives whenever a log callback is set, and
+         * cb_log only logs at debug level: set it only then. */
+        if (log_enabled(LOG_LEVEL_DEBUG))
+                mosquitto_log_callback_set(u->mosq, cb_log);
 
         keepalive = params->keepalive;
         if (keepalive > 0 && keepalive < 5)
@@ -427,8 +454,10 @@ int upstream_connect(struct upstream_pool *p, const struct upstream_params *para
         /* A host starting with '/' is a Unix socket: libmosquitto 2.0
          * connects to one when the port is 0. */
         bool unix_socket = cfg->host[0] == '/';
+        upstream_refuse_socketpair = true;
         rc = mosquitto_connect_bind_async(u->mosq, cfg->host, unix_socket ? 0 : cfg->port, keepalive,
                                           unix_socket ? NULL : cfg->bind_address);
+        upstream_refuse_socketpair = false;
         if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_CONN_PENDING) {
                 *why = rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc);
                 goto fail;
