@@ -37,7 +37,7 @@ trap 'rm -rf "$tmp"' EXIT INT TERM
 mkdir -p "$tmp/inc"
 ln -s /usr/include/bearssl "$tmp/inc/bearssl"
 
-CFLAGS="--specs=$SPECS -std=c11 -Os -mlongcalls -ffunction-sections -fdata-sections
+CFLAGS="--specs=$SPECS -std=c11 -Os -mlongcalls -ffunction-sections -fdata-sections -fstack-usage
         -Wall -Wextra -Werror -Wno-unused-parameter
         -I$tmp/inc -I$top/include -I$here/core"
 
@@ -61,3 +61,11 @@ EOC
 # shellcheck disable=SC2086
 $CC $CFLAGS -c "$tmp/sizeof.c" -o "$tmp/sizeof.o"
 echo "struct mqtt_client: $($SIZE -A "$tmp/sizeof.o" | awk '$1 ~ /bss|COMMON|data/ && $2 > 0 { s += $2 } END { print s }') bytes (RAM per client, no heap)"
+
+# RAM at run time: the core allocates nothing, so it needs its struct (above)
+# plus its deepest stack frame chain; -fstack-usage gives each function's
+# frame. The largest frames, and their sum as an upper bound of one call
+# chain through the core and the codec:
+echo "largest stack frames (bytes):"
+cat "$tmp"/*.su | sort -t"$(printf '\t')" -k2 -n -r | head -5 | awk -F'\t' '{ printf "  %6d  %s\n", $2, $1 }'
+echo "stack bound, sum of the 5 largest frames: $(cat "$tmp"/*.su | sort -t"$(printf '\t')" -k2 -n -r | head -5 | awk -F'\t' '{ s += $2 } END { print s }') bytes"
