@@ -4,59 +4,12 @@
 #include <string.h>
 
 #include "tool_common.h"
+#include "esp8266_profile.h"
 
-#define S(x) { BR_TLS_##x, #x }
-/* The core's suites_P[] (WiFiClientSecureBearSSL.cpp), same order: the
- * order is the client's preference list sent in ClientHello. */
-static const struct {
-        uint16_t id;
-        const char *name;
-} esp_suites[] = {
-        S(ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
-        S(ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256),
-        S(ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
-        S(ECDHE_RSA_WITH_AES_128_GCM_SHA256),
-        S(ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
-        S(ECDHE_RSA_WITH_AES_256_GCM_SHA384),
-        S(ECDHE_ECDSA_WITH_AES_128_CBC_SHA256),
-        S(ECDHE_RSA_WITH_AES_128_CBC_SHA256),
-        S(ECDHE_ECDSA_WITH_AES_256_CBC_SHA384),
-        S(ECDHE_RSA_WITH_AES_256_CBC_SHA384),
-        S(ECDHE_ECDSA_WITH_AES_128_CBC_SHA),
-        S(ECDHE_RSA_WITH_AES_128_CBC_SHA),
-        S(ECDHE_ECDSA_WITH_AES_256_CBC_SHA),
-        S(ECDHE_RSA_WITH_AES_256_CBC_SHA),
-        S(ECDH_ECDSA_WITH_AES_128_GCM_SHA256),
-        S(ECDH_RSA_WITH_AES_128_GCM_SHA256),
-        S(ECDH_ECDSA_WITH_AES_256_GCM_SHA384),
-        S(ECDH_RSA_WITH_AES_256_GCM_SHA384),
-        S(ECDH_ECDSA_WITH_AES_128_CBC_SHA256),
-        S(ECDH_RSA_WITH_AES_128_CBC_SHA256),
-        S(ECDH_ECDSA_WITH_AES_256_CBC_SHA384),
-        S(ECDH_RSA_WITH_AES_256_CBC_SHA384),
-        S(ECDH_ECDSA_WITH_AES_128_CBC_SHA),
-        S(ECDH_RSA_WITH_AES_128_CBC_SHA),
-        S(ECDH_ECDSA_WITH_AES_256_CBC_SHA),
-        S(ECDH_RSA_WITH_AES_256_CBC_SHA),
-        S(RSA_WITH_AES_128_GCM_SHA256),
-        S(RSA_WITH_AES_256_GCM_SHA384),
-        S(RSA_WITH_AES_128_CBC_SHA256),
-        S(RSA_WITH_AES_256_CBC_SHA256),
-        S(RSA_WITH_AES_128_CBC_SHA),
-        S(RSA_WITH_AES_256_CBC_SHA),
-        S(ECDHE_ECDSA_WITH_3DES_EDE_CBC_SHA),
-        S(ECDHE_RSA_WITH_3DES_EDE_CBC_SHA),
-        S(ECDH_ECDSA_WITH_3DES_EDE_CBC_SHA),
-        S(ECDH_RSA_WITH_3DES_EDE_CBC_SHA),
-        S(RSA_WITH_3DES_EDE_CBC_SHA),
-};
-#undef S
-
+/* The suite list and engine set-up are the device's own, shared with
+ * edge-device: firmware/host/esp8266_profile.c. */
 const char *esp_suite_name(uint16_t suite) {
-        for (size_t i = 0; i < ELEMENTSOF(esp_suites); i++)
-                if (esp_suites[i].id == suite)
-                        return esp_suites[i].name;
-        return NULL;
+        return esp8266_suite_name(suite);
 }
 
 const char *esp_version_name(unsigned v) {
@@ -70,30 +23,7 @@ const char *esp_version_name(unsigned v) {
 
 /* The core's br_ssl_client_base_init(). */
 static void client_base_init(br_ssl_client_context *cc) {
-        uint16_t suites[ELEMENTSOF(esp_suites)];
-        br_ssl_engine_context *eng = &cc->eng;
-
-        for (size_t i = 0; i < ELEMENTSOF(esp_suites); i++)
-                suites[i] = esp_suites[i].id;
-        br_ssl_client_zero(cc);
-        br_ssl_engine_set_versions(eng, BR_TLS10, BR_TLS12);
-        br_ssl_engine_set_suites(eng, suites, ELEMENTSOF(suites));
-        br_ssl_client_set_default_rsapub(cc);
-        br_ssl_engine_set_default_rsavrfy(eng);
-        br_ssl_engine_set_default_ecdsa(eng);
-        br_ssl_engine_set_hash(eng, br_md5_ID, &br_md5_vtable);
-        br_ssl_engine_set_hash(eng, br_sha1_ID, &br_sha1_vtable);
-        br_ssl_engine_set_hash(eng, br_sha224_ID, &br_sha224_vtable);
-        br_ssl_engine_set_hash(eng, br_sha256_ID, &br_sha256_vtable);
-        br_ssl_engine_set_hash(eng, br_sha384_ID, &br_sha384_vtable);
-        br_ssl_engine_set_hash(eng, br_sha512_ID, &br_sha512_vtable);
-        br_ssl_engine_set_prf10(eng, &br_tls10_prf);
-        br_ssl_engine_set_prf_sha256(eng, &br_tls12_sha256_prf);
-        br_ssl_engine_set_prf_sha384(eng, &br_tls12_sha384_prf);
-        br_ssl_engine_set_default_aes_cbc(eng);
-        br_ssl_engine_set_default_aes_gcm(eng);
-        br_ssl_engine_set_default_des_cbc(eng);
-        br_ssl_engine_set_default_chapol(eng);
+        esp8266_client_base_init(cc);
 }
 
 int esp_client_start(struct esp_client *c, const struct br_anchors *ta, time_t now,

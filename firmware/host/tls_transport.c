@@ -3,6 +3,7 @@
  * tls_transport — see tls_transport.h.
  */
 #include "tls_transport.h"
+#include "esp8266_profile.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,55 +22,6 @@
 #define MAX_OUT_OVERHEAD 85
 #define MAX_IN_OVERHEAD 325
 
-/* WiFiClientSecureBearSSL.cpp suites_P[], which is BearSSL's
- * ssl_client_full.c list: the order is the client's preference. */
-static const uint16_t esp8266_suites[] = {
-        BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-        BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-        BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-        BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-        BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-        BR_TLS_ECDHE_ECDSA_WITH_AES_128_CCM,
-        BR_TLS_ECDHE_ECDSA_WITH_AES_256_CCM,
-        BR_TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,
-        BR_TLS_ECDHE_ECDSA_WITH_AES_256_CCM_8,
-        BR_TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256,
-        BR_TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256,
-        BR_TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA384,
-        BR_TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384,
-        BR_TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA,
-        BR_TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA,
-        BR_TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA,
-        BR_TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA,
-        BR_TLS_ECDH_ECDSA_WITH_AES_128_GCM_SHA256,
-        BR_TLS_ECDH_RSA_WITH_AES_128_GCM_SHA256,
-        BR_TLS_ECDH_ECDSA_WITH_AES_256_GCM_SHA384,
-        BR_TLS_ECDH_RSA_WITH_AES_256_GCM_SHA384,
-        BR_TLS_ECDH_ECDSA_WITH_AES_128_CBC_SHA256,
-        BR_TLS_ECDH_RSA_WITH_AES_128_CBC_SHA256,
-        BR_TLS_ECDH_ECDSA_WITH_AES_256_CBC_SHA384,
-        BR_TLS_ECDH_RSA_WITH_AES_256_CBC_SHA384,
-        BR_TLS_ECDH_ECDSA_WITH_AES_128_CBC_SHA,
-        BR_TLS_ECDH_RSA_WITH_AES_128_CBC_SHA,
-        BR_TLS_ECDH_ECDSA_WITH_AES_256_CBC_SHA,
-        BR_TLS_ECDH_RSA_WITH_AES_256_CBC_SHA,
-        BR_TLS_RSA_WITH_AES_128_GCM_SHA256,
-        BR_TLS_RSA_WITH_AES_256_GCM_SHA384,
-        BR_TLS_RSA_WITH_AES_128_CCM,
-        BR_TLS_RSA_WITH_AES_256_CCM,
-        BR_TLS_RSA_WITH_AES_128_CCM_8,
-        BR_TLS_RSA_WITH_AES_256_CCM_8,
-        BR_TLS_RSA_WITH_AES_128_CBC_SHA256,
-        BR_TLS_RSA_WITH_AES_256_CBC_SHA256,
-        BR_TLS_RSA_WITH_AES_128_CBC_SHA,
-        BR_TLS_RSA_WITH_AES_256_CBC_SHA,
-        BR_TLS_ECDHE_ECDSA_WITH_3DES_EDE_CBC_SHA,
-        BR_TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA,
-        BR_TLS_ECDH_ECDSA_WITH_3DES_EDE_CBC_SHA,
-        BR_TLS_ECDH_RSA_WITH_3DES_EDE_CBC_SHA,
-        BR_TLS_RSA_WITH_3DES_EDE_CBC_SHA,
-};
 
 uint64_t tls_monotonic_ms(void)
 {
@@ -254,27 +206,7 @@ static void tls_setup_engine(struct tls_transport *t)
         br_ssl_engine_context *eng = &cc->eng;
         const struct br_creds *cr = t->cfg.creds;
 
-        br_ssl_client_zero(cc);
-        br_ssl_engine_add_flags(eng, BR_OPT_NO_RENEGOTIATION);
-        br_ssl_engine_set_versions(eng, BR_TLS10, BR_TLS12);
-        br_ssl_engine_set_suites(eng, esp8266_suites, sizeof(esp8266_suites) / sizeof(esp8266_suites[0]));
-        br_ssl_client_set_default_rsapub(cc);
-        br_ssl_engine_set_default_rsavrfy(eng);
-        br_ssl_engine_set_default_ecdsa(eng);
-        br_ssl_engine_set_hash(eng, br_md5_ID, &br_md5_vtable);
-        br_ssl_engine_set_hash(eng, br_sha1_ID, &br_sha1_vtable);
-        br_ssl_engine_set_hash(eng, br_sha224_ID, &br_sha224_vtable);
-        br_ssl_engine_set_hash(eng, br_sha256_ID, &br_sha256_vtable);
-        br_ssl_engine_set_hash(eng, br_sha384_ID, &br_sha384_vtable);
-        br_ssl_engine_set_hash(eng, br_sha512_ID, &br_sha512_vtable);
-        br_ssl_engine_set_prf10(eng, &br_tls10_prf);
-        br_ssl_engine_set_prf_sha256(eng, &br_tls12_sha256_prf);
-        br_ssl_engine_set_prf_sha384(eng, &br_tls12_sha384_prf);
-        br_ssl_engine_set_default_aes_cbc(eng);
-        br_ssl_engine_set_default_aes_gcm(eng);
-        br_ssl_engine_set_default_aes_ccm(eng);
-        br_ssl_engine_set_default_des_cbc(eng);
-        br_ssl_engine_set_default_chapol(eng);
+        esp8266_client_base_init(cc);
 
         br_x509_minimal_init(&t->xc, &br_sha256_vtable, cr->anchors, cr->n_anchors);
         br_x509_minimal_set_rsa(&t->xc, br_ssl_engine_get_rsavrfy(eng));
