@@ -59,6 +59,12 @@ struct outbox_params {
  * connection (they go first). Returns 0 and *out, or a negative errno. */
 int outbox_new(const struct outbox_params *p, struct outbox **out);
 
+/* The session ended: close the spool file now (a new connection of the
+ * same device may open it at once) and do no more I/O; the struct stays
+ * valid (code below on the stack may still be using it) until
+ * outbox_free(). Returns true if the spool still holds messages. */
+bool outbox_detach(struct outbox *o);
+
 /* Free: copies in flight are dropped (not acknowledged to the device, so
  * it sends them again); the spool file stays if it holds anything. */
 void outbox_free(struct outbox *o);

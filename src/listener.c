@@ -54,11 +54,13 @@ static int listener_on_accept(sd_event_source *src, int fd, uint32_t revents, vo
                                 sd_event_source_set_enabled(l->io, SD_EVENT_OFF);
                                 uint64_t now = 0;
                                 sd_event_now(b->event, CLOCK_MONOTONIC, &now);
-                                if (!l->retry)
-                                        sd_event_add_time(b->event, &l->retry, CLOCK_MONOTONIC, now + 200000, 50000,
-                                                          listener_on_retry, l);
-                                else
-                                        sd_event_source_set_time(l->retry, now + 200000);
+                                if (!l->retry && sd_event_add_time(b->event, &l->retry, CLOCK_MONOTONIC, now + 200000,
+                                                                   50000, listener_on_retry, l) < 0) {
+                                        /* No timer: better to spin than to stop listening. */
+                                        sd_event_source_set_enabled(l->io, SD_EVENT_ON);
+                                        return 0;
+                                }
+                                sd_event_source_set_time(l->retry, now + 200000);
                                 sd_event_source_set_enabled(l->retry, SD_EVENT_ONESHOT);
                                 return 0;
                         }

@@ -25,6 +25,7 @@ struct ob_msg {
 struct ob_replay {
         int mid;
         uint64_t seq;
+        unsigned shadowed;
 };
 
 struct ob_ack {
@@ -51,6 +52,9 @@ struct outbox {
         struct ob_ack *acks;            /* spooled, waiting for fsync */
         unsigned n_acks, cap_acks;
         uint64_t counted_pending;       /* this spool's share of *p.spool_msgs */
+        bool detached;                  /* the session ended: no more I/O */
+        bool in_qos0_publish;           /* inside upstream_publish() for QoS 0 */
+        bool qos0_seen;                 /* ...and its on_publish came at once */
 };
 
 static void count(uint64_t *c)
@@ -95,6 +99,8 @@ static int ob_spool_open(struct outbox *o)
 
         if (o->spool)
                 return 0;
+        if (o->detached)
+                return -ESHUTDOWN;
         if (!o->spool_dir && !o->p.spool_path)
                 return -ENOTCONN;
         if (o->p.spool_path)
@@ -199,20 +205,35 @@ static void ob_list_free(struct ob_msg *m)
         }
 }
 
-void outbox_free(struct outbox *o)
+bool outbox_detach(struct outbox *o)
 {
+        bool pending = false;
+
         if (!o)
-                return;
-        ob_list_free(o->fly_head);
-        ob_list_free(o->q0_head);
+                return false;
+        o->detached = true;
+        o->connected = false;
+        o->up = NULL;
+        o->n_acks = 0; /* not durable yet: never acknowledged */
         if (o->spool) {
                 /* The gauges count open spools; a file left with messages
                  * waits on disk for the device's next connection. */
                 uint64_t before = spool_bytes(o->spool);
+                pending = spool_pending(o->spool) > 0;
                 spool_close(o->spool);
                 o->spool = NULL;
                 ob_account(o, before);
         }
+        return pending;
+}
+
+void outbox_free(struct outbox *o)
+{
+        if (!o)
+                return;
+        (void) outbox_detach(o);
+        ob_list_free(o->fly_head);
+        ob_list_free(o->q0_head);
         free(o->replay);
         free(o->acks);
         free(o->key);
@@ -229,6 +250,25 @@ static void ob_shadow(struct outbox *o, int mid)
         for (struct ob_msg *m = o->fly_head; m; m = m->next)
                 if (m->mid == mid)
                         m->shadowed++;
+        for (unsigned i = 0; i < o->n_replay; i++)
+                if (o->replay[i].mid == mid)
+                        o->replay[i].shadowed++;
+}
+
+/* A QoS 0 PUBLISH upstream. libmosquitto usually reports it through
+ * on_publish from inside mosquitto_publish (written at once): that call is
+ * recognised by the flag; a later one (written later) by ob_shadow. */
+static int ob_publish_qos0(struct outbox *o, const char *topic, const void *payload, size_t len, bool retain)
+{
+        int mid = 0, r;
+
+        o->in_qos0_publish = true;
+        o->qos0_seen = false;
+        r = upstream_publish(o->up, &mid, topic, payload, len, 0, retain);
+        o->in_qos0_publish = false;
+        if (r == 0 && !o->qos0_seen)
+                ob_shadow(o, mid);
+        return r;
 }
 
 /* Send spooled messages upstream, in order, up to the in-flight limit. */
@@ -259,7 +299,8 @@ static void ob_pump(struct outbox *o)
                         /* Read it again next time: the cursor must not pass
                          * a message that did not go out. A lost connection
                          * arrives through outbox_upstream_lost. */
-                        spool_set_cursor(o->spool, cursor);
+                        if (o->spool)
+                                spool_set_cursor(o->spool, cursor);
                         return;
                 }
                 o->replay[o->n_replay++] = (struct ob_replay){ .mid = mid, .seq = seq };
@@ -274,10 +315,8 @@ static void ob_flush_qos0(struct outbox *o)
 {
         while (o->connected && o->q0_head) {
                 struct ob_msg *m = o->q0_head;
-                int mid = 0;
-                if (upstream_publish(o->up, &mid, m->topic, m->data, m->len, 0, m->retain) < 0)
+                if (ob_publish_qos0(o, m->topic, m->data, m->len, m->retain) < 0)
                         return;
-                ob_shadow(o, mid);
                 o->q0_head = m->next;
                 if (!o->q0_head)
                         o->q0_tail = NULL;
@@ -335,15 +374,14 @@ int outbox_publish(struct outbox *o, uint16_t pid, uint8_t qos, bool retain, con
 
         if (qos == 0) {
                 if (o->connected) {
-                        int mid = 0;
-                        r = upstream_publish(o->up, &mid, topic, payload, len, 0, retain);
-                        if (r != -ENOTCONN) {
-                                ob_shadow(o, mid);
+                        r = ob_publish_qos0(o, topic, payload, len, retain);
+                        if (r != -ENOTCONN)
                                 return r;
-                        }
                 }
                 return ob_queue_qos0(o, retain, topic, payload, len);
         }
+        if (o->detached)
+                return -ESHUTDOWN;
         if (o->spooling || !o->connected)
                 return ob_spool_append(o, pid, qos, retain, topic, payload, len);
 
@@ -374,6 +412,8 @@ int outbox_commit(struct outbox *o)
 
         if (o->n_acks == 0)
                 return 0;
+        if (!o->spool)
+                return -ESHUTDOWN;
         r = spool_sync(o->spool);
         if (r < 0)
                 return r;
@@ -410,6 +450,11 @@ bool outbox_on_published(struct outbox *o, int mid)
 {
         if (!o)
                 return false;
+        if (o->in_qos0_publish) {
+                /* The QoS 0 message being written right now. */
+                o->qos0_seen = true;
+                return true;
+        }
         struct ob_msg **pp, *m;
 
         for (pp = &o->fly_head; (m = *pp); pp = &m->next) {
@@ -434,6 +479,12 @@ bool outbox_on_published(struct outbox *o, int mid)
         for (unsigned i = 0; i < o->n_replay; i++) {
                 if (o->replay[i].mid != mid)
                         continue;
+                if (o->replay[i].shadowed > 0) {
+                        o->replay[i].shadowed--;
+                        return true;
+                }
+                if (!o->spool)
+                        return true;
                 o->replay[i] = o->replay[--o->n_replay];
                 /* Everything below the oldest still in flight is safe. */
                 uint64_t through = o->last_read_seq;

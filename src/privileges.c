@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <string.h>
@@ -7,6 +9,31 @@
 
 #include "log.h"
 #include "privileges.h"
+
+/* The directory and the spool files in it (a run as root may have left
+ * some): after the switch they must still open. */
+static int chown_spool(const char *dir, uid_t uid, gid_t gid)
+{
+        DIR *d;
+        struct dirent *e;
+
+        if (chown(dir, uid, gid) < 0)
+                return -errno;
+        d = opendir(dir);
+        if (!d)
+                return -errno;
+        while ((e = readdir(d))) {
+                if (e->d_name[0] == '.')
+                        continue;
+                if (fchownat(dirfd(d), e->d_name, uid, gid, AT_SYMLINK_NOFOLLOW) < 0) {
+                        int r = -errno;
+                        closedir(d);
+                        return r;
+                }
+        }
+        closedir(d);
+        return 0;
+}
 
 int privileges_drop(const char *user, const char *spool_dir)
 {
@@ -21,10 +48,12 @@ int privileges_drop(const char *user, const char *spool_dir)
                             "(create it, or set \"user =\" to say that root is intended)", user);
                 return 0;
         }
-        if (spool_dir && chown(spool_dir, pw->pw_uid, pw->pw_gid) < 0) {
-                int r = -errno;
-                log_error("cannot hand the spool %s to %s: %s", spool_dir, user, strerror(errno));
-                return r;
+        if (spool_dir) {
+                int r = chown_spool(spool_dir, pw->pw_uid, pw->pw_gid);
+                if (r < 0) {
+                        log_error("cannot hand the spool %s to %s: %s", spool_dir, user, strerror(-r));
+                        return r;
+                }
         }
         if (initgroups(user, pw->pw_gid) < 0 || setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) < 0 ||
             setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) < 0) {

@@ -481,9 +481,12 @@ static void up_on_message(void *ud, const struct mosquitto_message *msg)
 
         if (s->state == S_CLOSED) {
                 /* libmosquitto has acknowledged it upstream already; the
-                 * device's persistent session gets it when it returns. */
-                r = qos > 0 ? session_enqueue(s, topic, topic_len, msg->payload, payload_len, qos, msg->retain)
-                            : -ENOBUFS;
+                 * device's persistent session gets it when it returns.
+                 * (QoS 0 is not kept for an absent session, §4.3.1.) */
+                if (qos == 0 || session_enqueue(s, topic, topic_len, msg->payload, payload_len, qos,
+                                                msg->retain) < 0)
+                        s->b->stats.msgs_dropped++;
+                return;
         } else if (qos > 0 && (s->n_downf >= lim->max_inflight_messages || s->q_head)) {
                 /* Keep order: once anything waits, everything waits. */
                 r = session_enqueue(s, topic, topic_len, msg->payload, payload_len, qos, msg->retain);
@@ -578,7 +581,23 @@ static void session_hold(struct session *s)
         s->q_head = s->q_tail = NULL;
         s->q_bytes = 0;
 
-        held_free(held_take(s->b, h->client_id));
+        /* Held already for this id (a takeover held the old connection's,
+         * and more arrived before it was reaped): the older ones first. */
+        struct held *old = held_take(s->b, h->client_id);
+        if (old) {
+                struct down_queued **t = &old->inflight;
+                while (*t)
+                        t = &(*t)->next;
+                *t = h->inflight;
+                t = &old->queued;
+                while (*t)
+                        t = &(*t)->next;
+                *t = h->queued;
+                old->bytes += h->bytes;
+                h->inflight = h->queued = NULL;
+                held_free(h);
+                h = old;
+        }
         /* Bounded: no more held sessions than connections allowed; the
          * oldest gives way. */
         unsigned max_held = s->b->cfg.limits.max_connections ? s->b->cfg.limits.max_connections : 65536;
@@ -610,6 +629,7 @@ static void session_redeliver(struct session *s)
                 held_free(h);
                 return;
         }
+        struct down_queued *retry = NULL, **retry_tail = &retry;
         while (h->inflight) {
                 struct down_queued *c = h->inflight;
                 h->inflight = c->next;
@@ -626,16 +646,20 @@ static void session_redeliver(struct session *s)
                         session_send_ack(s, MQTT_PUBREL, c->pid);
                 } else if (session_send_publish(s, c->data, c->topic_len, c->data + c->topic_len, c->payload_len,
                                                 c->qos, c->retain, c, c->pid, true) < 0) {
-                        /* No room now: send it later like a new one. */
-                        if (session_enqueue(s, c->data, c->topic_len, c->data + c->topic_len, c->payload_len,
-                                            c->qos, c->retain) < 0)
-                                s->b->stats.msgs_dropped++;
-                        free(c);
+                        /* No room now: send it later like a new one, in
+                         * order, ahead of what never went out. */
+                        c->released = false;
+                        *retry_tail = c;
+                        retry_tail = &c->next;
                         continue;
                 }
                 n++;
         }
         /* Then what never went out, ahead of anything new. */
+        if (retry) {
+                *retry_tail = h->queued;
+                h->queued = retry;
+        }
         if (h->queued) {
                 struct down_queued *last = h->queued;
                 size_t bytes = 0;
@@ -1799,9 +1823,10 @@ static void session_release_outbox(struct session *s)
 
         if (!s->outbox)
                 return;
-        spooled = outbox_spooled(s->outbox) > 0;
-        outbox_free(s->outbox);
-        s->outbox = NULL;
+        /* Detach only: session_close can run deep inside the outbox's own
+         * calls (a failed device write in an ack callback); the struct is
+         * freed by session_free. */
+        spooled = outbox_detach(s->outbox);
         if (spooled && s->spool_path && !s->b->stopping)
                 (void) replayer_start(s->b, s->spool_path); /* the device is away; its spool is not */
 }
@@ -1876,6 +1901,7 @@ void session_free(struct session *s)
                 free(pu);
         }
         session_release_outbox(s);
+        outbox_free(s->outbox);
         free(s->spool_path);
         sd_event_source_disable_unref(s->reconnect);
         for (unsigned i = 0; i < s->n_srec; i++)

@@ -442,6 +442,27 @@ class TestHostileInput(HostileBase):
             self._tls_rejected(self.pki.listener, ssl.TLSVersion.TLSv1_2, "purpose|unsupported")
 
 
+class TestResetWhilePublishing(HostileBase):
+    def test_reset_in_the_middle_of_forwarding(self):
+        # Regression: a device that resets its connection right behind a
+        # PINGREQ + PUBLISH: libmosquitto reports the QoS 0 publish from
+        # inside mosquitto_publish, the PINGRESP write to the device fails
+        # there and closes the session while its outbox is still working
+        # (a use-after-free under ASan before the outbox was only
+        # detached at close).
+        import struct
+        for i in range(100):
+            c = self.raw_connected("h-rst-%d" % i)
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.send(m.PINGREQ_PKT + m.publish("sensor-1/rst", b"p" * 10, qos=0) +
+                   m.publish("sensor-1/rst", b"q" * 10, qos=1, pid=1))
+            os.close(c.sock.detach())
+            if not self.bridge.alive():
+                break
+        time.sleep(0.5)
+        self.assertBridgeAlive()
+
+
 class TestMaxConnections(HostileBase):
     metrics_port = free_port()
     bridge_sections = {"limits": {"max_connections": "3"},
