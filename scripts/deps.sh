@@ -2,13 +2,14 @@
 # Install every Debian 12 package the build, the tests and the demo need.
 # Idempotent; needs root (or sudo).
 set -eu
+# libclang-rt-14-dev: libFuzzer and the sanitizer runtimes for clang.
 # systemd: systemd-analyze and systemd.pc (tests/systemd, the unit's
 # install dir); debhelper, dpkg-dev, fakeroot, lintian, adduser: the
 # package test (tests/package).
 PKGS="meson ninja-build gcc clang pkg-config
       libmosquitto-dev libssl-dev libsystemd-dev libinih-dev libcmocka-dev libbearssl-dev
       mosquitto mosquitto-clients openssl python3 valgrind stunnel4
-      gcc-xtensa-lx106 picolibc-xtensa-lx106-elf
+      libclang-rt-14-dev gcc-xtensa-lx106 picolibc-xtensa-lx106-elf
       systemd adduser
       build-essential debhelper dpkg-dev fakeroot lintian"
 SUDO=""
