@@ -108,6 +108,8 @@ int metrics_render(const struct bridge *b, char **out, size_t *len)
              "Device connections refused: over max_connections, or with a refusing CONNACK, by reason.");
         fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"max_connections\"} %llu\n",
                 (unsigned long long) st->refused_max_connections);
+        fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"accept_error\"} %llu\n",
+                (unsigned long long) st->refused_accept_errors);
         for (int i = 1; i < BRIDGE_CONNACK_CODES; i++)
                 fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"%s\"} %llu\n",
                         connack_reason[i], (unsigned long long) st->refused_connack[i]);
@@ -175,6 +177,10 @@ int metrics_render(const struct bridge *b, char **out, size_t *len)
         one(f, "mqtt_edge_bridge_spool_messages", "gauge",
             "Messages held in the store-and-forward spool.", st->spool_messages);
         one(f, "mqtt_edge_bridge_spool_bytes", "gauge", "Bytes of the spool files.", st->spool_bytes);
+        one(f, "mqtt_edge_bridge_spooled_messages_total", "counter",
+            "Device QoS 1/2 messages written to the spool while the broker was away.", st->msgs_spooled);
+        one(f, "mqtt_edge_bridge_replayed_messages_total", "counter",
+            "Spooled messages sent upstream (QoS 1 redeliveries after a loss included).", st->msgs_replayed);
 
         head(f, "mqtt_edge_bridge_config_reloads_total", "counter",
              "Configuration reloads (SIGHUP), by result.");
