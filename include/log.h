@@ -10,6 +10,9 @@
  * DEVICE_CN=sensor-1` finds one device's story.
  */
 
+#include <stddef.h>
+#include <sys/socket.h>
+
 #include "config.h"
 
 /* Who a line is about. Every member may be NULL. */
@@ -35,6 +38,9 @@ void log_msg(enum log_level level, const struct log_fields *f, const char *fmt, 
 #define log_notice(...) log_msg(LOG_LEVEL_NOTICE, NULL, __VA_ARGS__)
 #define log_info(...) log_msg(LOG_LEVEL_INFO, NULL, __VA_ARGS__)
 #define log_debug(...) log_msg(LOG_LEVEL_DEBUG, NULL, __VA_ARGS__)
+
+/* "192.0.2.7:51234" or "[2001:db8::1]:51234" for PEER_ADDRESS. */
+void log_format_peer(char *buf, size_t len, const struct sockaddr *sa);
 
 /* Parse "error|warning|notice|info|debug"; -EINVAL if unknown. */
 int log_level_from_string(const char *s);

@@ -69,18 +69,8 @@ static int listener_on_accept(sd_event_source *src, int fd, uint32_t revents, vo
                 }
                 b->stats.connections_accepted++;
                 if (b->cfg.limits.max_connections && b->n_sessions >= b->cfg.limits.max_connections) {
-                        char peer[INET6_ADDRSTRLEN + 8] = "?";
-                        if (ss.ss_family == AF_INET) {
-                                struct sockaddr_in *in = (struct sockaddr_in *) &ss;
-                                char h[INET_ADDRSTRLEN];
-                                inet_ntop(AF_INET, &in->sin_addr, h, sizeof h);
-                                snprintf(peer, sizeof peer, "%s:%u", h, ntohs(in->sin_port));
-                        } else if (ss.ss_family == AF_INET6) {
-                                struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &ss;
-                                char h[INET6_ADDRSTRLEN];
-                                inet_ntop(AF_INET6, &in6->sin6_addr, h, sizeof h);
-                                snprintf(peer, sizeof peer, "[%s]:%u", h, ntohs(in6->sin6_port));
-                        }
+                        char peer[INET6_ADDRSTRLEN + 8];
+                        log_format_peer(peer, sizeof peer, (struct sockaddr *) &ss);
                         struct log_fields f = { .peer = peer, .reason = "max_connections" };
                         b->stats.refused_max_connections++;
                         log_msg(LOG_LEVEL_WARNING, &f, "connection refused: %u connections already open",

@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,4 +83,21 @@ void log_msg(enum log_level level, const struct log_fields *f, const char *fmt, 
                         snprintf(extra + n, sizeof extra - n, " reason=\"%s\"", f->reason);
         }
         fprintf(stderr, "mqtt-edge-bridge[%s]: %s%s\n", level_names[level], msg, extra);
+}
+
+void log_format_peer(char *buf, size_t len, const struct sockaddr *sa)
+{
+        char host[INET6_ADDRSTRLEN] = "?";
+
+        if (sa->sa_family == AF_INET) {
+                const struct sockaddr_in *in = (const struct sockaddr_in *) sa;
+                inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+                snprintf(buf, len, "%s:%u", host, (unsigned) ntohs(in->sin_port));
+        } else if (sa->sa_family == AF_INET6) {
+                const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) sa;
+                inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+                snprintf(buf, len, "[%s]:%u", host, (unsigned) ntohs(in6->sin6_port));
+        } else {
+                snprintf(buf, len, "?");
+        }
 }

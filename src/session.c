@@ -110,6 +110,7 @@ struct session {
         char *client_id;          /* as the device sent it */
         char *mountpoint;         /* expanded, or NULL */
         uint16_t keepalive;
+        uint64_t last_packet;     /* CLOCK_MONOTONIC usec of the last whole packet */
         uint8_t protocol_level;
         bool counted_device;      /* in b->n_devices */
         bool clean_session;
@@ -185,9 +186,12 @@ static void session_set_deadline(struct session *s, uint64_t usec_from_now)
 }
 
 /* §3.1.2.10: the server disconnects a client that sends nothing for one
- * and a half times its keepalive. */
+ * and a half times its keepalive. Armed once; each packet only records
+ * its time (session_on_timer moves the deadline on), so the hot path does
+ * not reschedule a timer per packet. */
 static void session_arm_keepalive(struct session *s)
 {
+        s->last_packet = now_usec(s);
         if (s->keepalive == 0)
                 session_set_deadline(s, 0);
         else
@@ -1493,7 +1497,7 @@ static void session_handle_packet(struct session *s, const uint8_t *pkt, size_t 
         /* §3.1.2.10: the keepalive counts control packets, not bytes: a
          * device dribbling one byte at a time still times out. */
         if (s->state == S_ACTIVE || s->state == S_UPSTREAM_CONNECTING)
-                session_arm_keepalive(s);
+                s->last_packet = now_usec(s);
 
         if (s->state == S_WAIT_CONNECT) {
                 if (r == -EPROTONOSUPPORT) {
@@ -1788,11 +1792,19 @@ static int session_on_timer(sd_event_source *src, uint64_t usec, void *userdata)
         case S_FLUSHING:
                 session_close(s, LOG_LEVEL_DEBUG, NULL);
                 break;
-        default:
+        default: {
                 /* §3.1.2.10: 1.5 × keepalive without a packet. */
+                uint64_t deadline = s->last_packet + (uint64_t) s->keepalive * 1500000ULL;
+                if (now_usec(s) < deadline) {
+                        /* A packet came since the timer was set. */
+                        sd_event_source_set_time(s->timer, deadline);
+                        sd_event_source_set_enabled(s->timer, SD_EVENT_ONESHOT);
+                        break;
+                }
                 s->b->stats.keepalive_timeouts++;
                 session_close(s, LOG_LEVEL_NOTICE, "keepalive timeout");
                 break;
+        }
         }
         return 0;
 }
@@ -1936,25 +1948,6 @@ void session_shutdown(struct session *s)
         session_free(s);
 }
 
-static void format_peer(char *buf, size_t len, const struct sockaddr *sa)
-{
-        char host[INET6_ADDRSTRLEN] = "?";
-        unsigned port = 0;
-
-        if (sa->sa_family == AF_INET) {
-                const struct sockaddr_in *in = (const struct sockaddr_in *) sa;
-                inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-                port = ntohs(in->sin_port);
-                snprintf(buf, len, "%s:%u", host, port);
-        } else if (sa->sa_family == AF_INET6) {
-                const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) sa;
-                inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-                port = ntohs(in6->sin6_port);
-                snprintf(buf, len, "[%s]:%u", host, port);
-        } else {
-                snprintf(buf, len, "?");
-        }
-}
 
 int session_new(struct bridge *b, int fd, const struct sockaddr *peer, socklen_t peer_len)
 {
@@ -1969,7 +1962,7 @@ int session_new(struct bridge *b, int fd, const struct sockaddr *peer, socklen_t
         s->b = b;
         s->fd = fd;
         s->state = S_HANDSHAKE;
-        format_peer(s->peer, sizeof s->peer, peer);
+        log_format_peer(s->peer, sizeof s->peer, peer);
         LIST_PREPEND(sessions, b->sessions, s);
         b->n_sessions++;
 
