@@ -18,15 +18,17 @@
 struct bridge;
 
 /* Start replaying the spool file at path, unless a replayer for it runs
- * already or the file holds nothing. Returns 0 or a negative errno. */
+ * already or the file holds nothing. Returns 1 when one was started, 0
+ * when there was nothing to do, or a negative errno. */
 int replayer_start(struct bridge *b, const char *path);
 
 /* Stop the replayer of path, if any, so that a session can open the file.
  * Messages it sent but did not see acknowledged stay in the spool. */
 void replayer_stop(struct bridge *b, const char *path);
 
-/* Start a replayer for every spool file in the spool directory. */
-void replayer_start_all(struct bridge *b);
+/* Start a replayer for every spool file in the spool directory that holds
+ * messages. Returns how many were started. */
+unsigned replayer_start_all(struct bridge *b);
 
 /* Stop and free every replayer (shutdown). */
 void replayer_stop_all(struct bridge *b);

@@ -96,6 +96,3 @@ uint64_t spool_bytes(const struct spool *s);
 /* Sync, close, and remove the file if nothing is pending. NULL-safe. */
 void spool_close(struct spool *s);
 
-/* Count spool files and their bytes in dir (for the start-up log).
- * Returns 0 or a negative errno. */
-int spool_scan_dir(const char *dir, unsigned *files, uint64_t *bytes);

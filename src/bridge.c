@@ -49,8 +49,7 @@ void bridge_notify_status(struct bridge *b)
 static int bridge_start_spool(struct bridge *b)
 {
         const char *dir = b->cfg.spool.directory;
-        unsigned files = 0;
-        uint64_t bytes = 0;
+        unsigned files;
 
         if (!dir) {
                 log_notice("no spool: devices are refused (CONNACK 3) while the upstream broker is away");
@@ -64,10 +63,10 @@ static int bridge_start_spool(struct bridge *b)
                 log_error("[spool] directory: %s is not writable: %s", dir, strerror(errno));
                 return -errno;
         }
-        if (spool_scan_dir(dir, &files, &bytes) == 0 && files > 0)
-                log_notice("spool %s: %u file%s (%llu bytes) from before the restart, sending them upstream",
-                           dir, files, files == 1 ? "" : "s", (unsigned long long) bytes);
-        replayer_start_all(b);
+        files = replayer_start_all(b);
+        if (files > 0)
+                log_notice("spool %s: %u device%s with messages from before the restart, sending them upstream",
+                           dir, files, files == 1 ? "" : "s");
         return 0;
 }
 

@@ -121,16 +121,30 @@ static int ob_spool_open(struct outbox *o)
         return 0;
 }
 
+/* Close the spool file (spool_close removes it when nothing is pending)
+ * and take it out of the gauges. Returns true if it held messages. */
+static bool ob_spool_close(struct outbox *o)
+{
+        bool pending;
+        uint64_t before;
+
+        if (!o->spool)
+                return false;
+        before = spool_bytes(o->spool);
+        pending = spool_pending(o->spool) > 0;
+        spool_close(o->spool);
+        o->spool = NULL;
+        ob_account(o, before);
+        return pending;
+}
+
 static void ob_spool_close_if_empty(struct outbox *o)
 {
         if (!o->spool || spool_pending(o->spool) > 0 || o->n_acks > 0 || o->n_replay > 0)
                 return;
-        uint64_t before = spool_bytes(o->spool);
-        spool_close(o->spool);
-        o->spool = NULL;
+        ob_spool_close(o);
         o->spooling = false;
         o->last_read_seq = 0;
-        ob_account(o, before);
 }
 
 static int ob_spool_append(struct outbox *o, uint16_t pid, uint8_t qos, bool retain, const char *topic,
@@ -207,24 +221,15 @@ static void ob_list_free(struct ob_msg *m)
 
 bool outbox_detach(struct outbox *o)
 {
-        bool pending = false;
-
         if (!o)
                 return false;
         o->detached = true;
         o->connected = false;
         o->up = NULL;
         o->n_acks = 0; /* not durable yet: never acknowledged */
-        if (o->spool) {
-                /* The gauges count open spools; a file left with messages
-                 * waits on disk for the device's next connection. */
-                uint64_t before = spool_bytes(o->spool);
-                pending = spool_pending(o->spool) > 0;
-                spool_close(o->spool);
-                o->spool = NULL;
-                ob_account(o, before);
-        }
-        return pending;
+        /* The gauges count open spools; a file left with messages waits on
+         * disk for the device's next connection (or a replayer). */
+        return ob_spool_close(o);
 }
 
 void outbox_free(struct outbox *o)

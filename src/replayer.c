@@ -194,6 +194,7 @@ int replayer_start(struct bridge *b, const char *path)
                 replayer_free(r);
                 return ret < 0 ? ret : 0;
         }
+        uint64_t waiting = outbox_spooled(r->outbox);
         const struct spool_meta *m = outbox_spool_meta(r->outbox);
         if (!m) {
                 log_warning("spool %s has no record of its device: its messages wait for the device", path);
@@ -212,7 +213,7 @@ int replayer_start(struct bridge *b, const char *path)
         }
         snprintf(r->client_id, n, "%s/replay", m->client_id);
         replayer_arm(r, 1);
-        return 0;
+        return waiting > 0;
 }
 
 void replayer_stop(struct bridge *b, const char *path)
@@ -225,14 +226,15 @@ void replayer_stop(struct bridge *b, const char *path)
                 }
 }
 
-void replayer_start_all(struct bridge *b)
+unsigned replayer_start_all(struct bridge *b)
 {
         const char *dir = b->cfg.spool.directory;
+        unsigned started = 0;
         DIR *d;
         struct dirent *e;
 
         if (!dir || !(d = opendir(dir)))
-                return;
+                return 0;
         while ((e = readdir(d))) {
                 size_t n = strlen(e->d_name);
                 if (n < 7 || strcmp(e->d_name + n - 6, ".spool") != 0)
@@ -241,10 +243,12 @@ void replayer_start_all(struct bridge *b)
                 if (!path)
                         break;
                 sprintf(path, "%s/%s", dir, e->d_name);
-                (void) replayer_start(b, path);
+                if (replayer_start(b, path) > 0)
+                        started++;
                 free(path);
         }
         closedir(d);
+        return started;
 }
 
 void replayer_stop_all(struct bridge *b)

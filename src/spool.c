@@ -1,5 +1,4 @@
 /* SPDX-License-Identifier: MIT */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -412,6 +411,23 @@ int spool_read_next(struct spool *s, struct spool_msg **out)
         }
 }
 
+/* Record how far acknowledgements went. Not synced (nor does it make a
+ * pending fsync unnecessary): losing it only means a redelivery after a
+ * crash (a QoS 1 duplicate), never a loss. */
+static int spool_write_acked(struct spool *s, uint64_t seq)
+{
+        struct spool_record rec = { .type = SPOOL_ACKED, .seq = seq };
+        uint8_t buf[SPOOL_HEADER_LEN + 12];
+        bool dirty = s->dirty;
+        int r = spool_record_encode(buf, sizeof buf, &rec);
+
+        if (r < 0)
+                return r;
+        r = spool_write_record(s, buf, sizeof buf);
+        s->dirty = dirty;
+        return r;
+}
+
 int spool_ack_through(struct spool *s, uint64_t seq)
 {
         if (seq <= s->acked_through)
@@ -430,26 +446,8 @@ int spool_ack_through(struct spool *s, uint64_t seq)
                 /* Sequence numbers go on (the replay is counting them):
                  * say where they stand, or a crash would count every number
                  * since the file was created as pending. */
-                struct spool_record rec = { .type = SPOOL_ACKED, .seq = seq };
-                uint8_t buf[SPOOL_HEADER_LEN + 12];
-                int r = spool_record_encode(buf, sizeof buf, &rec);
-                if (r < 0)
-                        return r;
-                r = spool_write_record(s, buf, sizeof buf);
-                s->dirty = false;
-                return r;
         }
-        /* Not synced: losing it only means a redelivery after a crash
-         * (a QoS 1 duplicate), never a loss. */
-        struct spool_record rec = { .type = SPOOL_ACKED, .seq = seq };
-        uint8_t buf[SPOOL_HEADER_LEN + 12];
-        int r = spool_record_encode(buf, sizeof buf, &rec);
-        if (r < 0)
-                return r;
-        bool dirty = s->dirty; /* an ACKED record needs no fsync of its own */
-        r = spool_write_record(s, buf, sizeof buf);
-        s->dirty = dirty;
-        return r;
+        return spool_write_acked(s, seq);
 }
 
 uint64_t spool_cursor(const struct spool *s)
@@ -490,27 +488,4 @@ void spool_close(struct spool *s)
         spool_meta_clear(&s->meta);
         free(s->path);
         free(s);
-}
-
-int spool_scan_dir(const char *dir, unsigned *files, uint64_t *bytes)
-{
-        DIR *d = opendir(dir);
-        struct dirent *e;
-
-        *files = 0;
-        *bytes = 0;
-        if (!d)
-                return -errno;
-        while ((e = readdir(d))) {
-                size_t n = strlen(e->d_name);
-                struct stat st;
-                if (n < 7 || strcmp(e->d_name + n - 6, ".spool") != 0)
-                        continue;
-                if (fstatat(dirfd(d), e->d_name, &st, 0) == 0 && st.st_size > 0) {
-                        (*files)++;
-                        *bytes += (uint64_t) st.st_size;
-                }
-        }
-        closedir(d);
-        return 0;
 }
