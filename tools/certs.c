@@ -19,6 +19,7 @@
 #include "certs_issue.h"
 #include "fileio.h"
 #include "names.h"
+#include "numarg.h"
 #include "tool_common.h"
 #include "x509_info.h"
 
@@ -443,18 +444,6 @@ static int cmd_firmware(const struct opts *o) {
         return 0;
 }
 
-static int parse_ulong(const char *s, unsigned long min, unsigned long max, unsigned long *out) {
-        char *end;
-        unsigned long v;
-
-        errno = 0;
-        v = strtoul(s, &end, 10);
-        if (errno || end == s || *end || s[0] == '-' || v < min || v > max)
-                return -EINVAL;
-        *out = v;
-        return 0;
-}
-
 int main(int argc, char **argv) {
         static const struct option options[] = {
                 { "ca", required_argument, NULL, ARG_CA },
@@ -507,14 +496,14 @@ int main(int argc, char **argv) {
                         o.listener[o.n_listener++] = optarg;
                         break;
                 case ARG_DAYS:
-                        if (parse_ulong(optarg, 1, 36500, &o.days) < 0) {
+                        if (numarg_parse(optarg, 1, 36500, &o.days) < 0) {
                                 fail("--days: 1..36500");
                                 return 2;
                         }
                         o.days_set = true;
                         break;
                 case ARG_PORT:
-                        if (parse_ulong(optarg, 1, 65535, &o.port) < 0) {
+                        if (numarg_parse(optarg, 1, 65535, &o.port) < 0) {
                                 fail("--port: 1..65535");
                                 return 2;
                         }

@@ -14,6 +14,7 @@
 #include "build-config.h"
 #include "doctor_cert.h"
 #include "doctor_connect.h"
+#include "numarg.h"
 #include "timearg.h"
 
 enum {
@@ -45,18 +46,6 @@ static void usage(FILE *f) {
               "\n"
               "Exit status: 0 the device would succeed, 1 it would not, 2 bad usage or input.\n",
               f);
-}
-
-static int parse_uint(const char *s, unsigned long max, unsigned long *out) {
-        char *end;
-        unsigned long v;
-
-        errno = 0;
-        v = strtoul(s, &end, 10);
-        if (errno || end == s || *end || v > max || s[0] == '-')
-                return -EINVAL;
-        *out = v;
-        return 0;
 }
 
 int main(int argc, char **argv) {
@@ -105,13 +94,13 @@ int main(int argc, char **argv) {
                         }
                         break;
                 case ARG_KEEPALIVE:
-                        if (parse_uint(optarg, 65535, &keepalive) < 0) {
+                        if (numarg_parse(optarg, 0, 65535, &keepalive) < 0) {
                                 fprintf(stderr, "mqtt-edge-bridge-doctor: --keepalive: 0..65535 seconds\n");
                                 return 2;
                         }
                         break;
                 case ARG_TIMEOUT:
-                        if (parse_uint(optarg, 3600, &timeout) < 0 || timeout == 0) {
+                        if (numarg_parse(optarg, 0, 3600, &timeout) < 0 || timeout == 0) {
                                 fprintf(stderr, "mqtt-edge-bridge-doctor: --timeout: 1..3600 seconds\n");
                                 return 2;
                         }
