@@ -39,6 +39,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+from harness import free_port, wait_for, write_ini  # noqa: E402
 from pki import Pki  # noqa: E402
 
 USER, PASSWORD = "bench", "bench-pw"
@@ -58,22 +59,6 @@ PROCS = []  # every Popen we started, for the final cleanup
 
 def log(msg):
     print("[%s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise TimeoutError("timed out after %.0fs waiting for %s" % (timeout, what))
 
 
 def port_open(port):
@@ -314,11 +299,7 @@ class EdgeBridge:
         os.makedirs(os.path.join(self.dir, "spool"), exist_ok=True)
         for sec, kv in (extra or {}).items():
             cfg.setdefault(sec, {}).update(kv)
-        with open(self.conf, "w") as f:
-            for sec, kv in cfg.items():
-                f.write("[%s]\n" % sec)
-                for k, v in kv.items():
-                    f.write("%s = %s\n" % (k, v))
+        write_ini(self.conf, cfg)
         self.proc = None
 
     def text(self):

@@ -56,6 +56,15 @@ def wait_for(predicate, timeout=10.0, what="condition"):
     raise TimeoutError("timed out after %.0fs waiting for %s" % (timeout, what))
 
 
+def write_ini(path, sections):
+    """Write {section: {key: value}} as the daemon's INI file."""
+    with open(path, "w") as f:
+        for sec, kv in sections.items():
+            f.write("[%s]\n" % sec)
+            for k, v in kv.items():
+                f.write("%s = %s\n" % (k, v))
+
+
 class TestPki:
     """The setup of issue 2: a CA; the main broker with SAN IP:127.0.0.1,
     DNS:raspberry; the bridge's listener CN-only (CN=127.0.0.1); the
@@ -213,11 +222,7 @@ class Bridge:
             cfg["upstream"] = {"host": mosquitto.unix_path}
         for sec, kv in (sections or {}).items():
             cfg.setdefault(sec, {}).update(kv)
-        with open(self.conf, "w") as f:
-            for sec, kv in cfg.items():
-                f.write("[%s]\n" % sec)
-                for k, v in kv.items():
-                    f.write("%s = %s\n" % (k, v))
+        write_ini(self.conf, cfg)
         self.proc = None
         self.logf = None
 
