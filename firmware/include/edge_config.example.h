@@ -43,11 +43,11 @@
         "...\n" \
         "-----END CERTIFICATE-----\n"
 
-/* The device's private key (RSA-2048 or EC P-256). SECRET. */
+/* The device's private key (RSA-2048 or EC P-256), PEM. SECRET: only the
+ * generated edge_config.h (git-ignored, 0600) ever holds it; this example
+ * carries no key, not even a placeholder block. */
 #define EDGE_KEY_PEM \
-        "-----BEGIN PRIVATE KEY-----\n" \
-        "...\n" \
-        "-----END PRIVATE KEY-----\n"
+        "(the device key PEM, written here by mqtt-edge-bridge-certs firmware-config)\n"
 
 /* Optional (defaults in src/main.cpp):
  * #define EDGE_TELEMETRY_INTERVAL_MS 60000
