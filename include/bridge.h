@@ -16,9 +16,8 @@
 
 struct session;
 struct listener;
-struct upstream_pool;
+struct uplink_pool;
 struct replayer;
-struct held;
 struct metrics;
 
 /* CONNACK return codes (MQTT 3.1.1 §3.2.2.3), to count refusals by. */
@@ -62,14 +61,12 @@ struct bridge {
         sd_event *event;
         struct config cfg;
         SSL_CTX *device_ctx;
-        struct upstream_pool *upstreams;
+        struct uplink_pool *uplinks;      /* every device's own MQTT link to the broker */
         struct listener *listeners[CONFIG_MAX_BIND];
         size_t n_listeners;
         struct session *sessions;    /* every live session */
         struct session *reap;        /* closed, to be freed outside callbacks */
         struct replayer *replayers;  /* spools sent upstream for absent devices */
-        struct held *held;           /* messages kept for absent persistent sessions */
-        unsigned n_held;
         sd_event_source *reaper;
         sd_event_source *status_timer;
         struct metrics *metrics;     /* NULL when [metrics] enabled = false */

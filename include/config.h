@@ -79,7 +79,8 @@ struct config_bridge {
         enum config_password_mode password_mode; /* password_mode = device|fixed|none */
         char *password;               /* for password_mode = fixed */
         char *mountpoint;             /* e.g. "devices/%c/"; %c = CN, %i = client id; default none */
-        bool clientid_must_match_cn;  /* default false */
+        bool clientid_must_match_cn;  /* default false; true when mountpoint has %c and it is not set */
+        bool allow_clientid_takeover; /* another identity may take a connected client id over; default false */
         char *user;                   /* drop root to this user after start-up; default "mqtt-edge-bridge", NULL = stay */
 };
 

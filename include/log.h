@@ -10,6 +10,7 @@
  * DEVICE_CN=sensor-1` finds one device's story.
  */
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/socket.h>
 
@@ -38,6 +39,12 @@ void log_msg(enum log_level level, const struct log_fields *f, const char *fmt, 
 #define log_notice(...) log_msg(LOG_LEVEL_NOTICE, NULL, __VA_ARGS__)
 #define log_info(...) log_msg(LOG_LEVEL_INFO, NULL, __VA_ARGS__)
 #define log_debug(...) log_msg(LOG_LEVEL_DEBUG, NULL, __VA_ARGS__)
+
+/* Copy at most len bytes of src (stopping at NUL) into dst as printable
+ * text: control characters (C0, DEL, UTF-8 C1) become \\xNN, and with
+ * quotes also '"' and '\\' (for key="value" fields). Always
+ * NUL-terminates (cap > 0). Returns the length written. */
+size_t log_escape(char *dst, size_t cap, const char *src, size_t len, bool quotes);
 
 /* "192.0.2.7:51234" or "[2001:db8::1]:51234" for PEER_ADDRESS. */
 void log_format_peer(char *buf, size_t len, const struct sockaddr *sa);

@@ -192,6 +192,11 @@ size_t mqtt_publish_len(const struct mqtt_publish *p);
 
 /* §1.5.3: well-formed UTF-8, no U+0000, no surrogates U+D800..U+DFFF. */
 bool mqtt_utf8_valid(const uint8_t *s, size_t len);
+/* §1.5.3 plus the rule brokers apply at the door (mosquitto's
+ * mosquitto_validate_utf8): well-formed, and none of U+0000..U+001F,
+ * U+007F..U+009F. For client ids, usernames, topic names and filters: a
+ * control character there only ever cross-wires logs or other clients. */
+bool mqtt_string_clean(const uint8_t *s, size_t len);
 /* §4.7: topic name for PUBLISH: non-empty, valid UTF-8, no '+' or '#'. */
 bool mqtt_topic_name_valid(const uint8_t *s, size_t len);
 /* §4.7.1: topic filter: non-empty, valid UTF-8, '#' only last and alone in

@@ -2,107 +2,156 @@
 #pragma once
 
 /*
- * outbox — one device's messages on their way upstream, with store and
- * forward.
+ * outbox — one device's messages on their way to the broker, with store
+ * and forward. Used by a device session, and by a replayer (the same
+ * spool, sent while the device is away; it then has no device).
  *
- * While the upstream client is connected and nothing is spooled, a QoS 1/2
- * PUBLISH goes straight upstream (a copy is kept) and is acknowledged to
- * the device once the broker acknowledged it. When the upstream connection
- * is lost, the copies still in flight and every later QoS 1/2 message are
- * appended to the device's spool file, fsync'd by outbox_commit(), and only
- * then acknowledged. When the upstream returns, the spool is replayed in
- * order; a spooled message leaves the file only once the broker has it.
- * QoS 0 messages while upstream is away wait in memory (bounded, oldest
- * dropped first).
+ * Direct forwarding (the uplink is connected and nothing is spooled): a
+ * QoS 1/2 PUBLISH goes upstream with the device's own packet identifier,
+ * and its PUBACK / PUBREC goes to the device once the broker sent its own
+ * (acknowledgements pass through, DESIGN.md). A copy is kept until then,
+ * so that a lost uplink loses nothing: the copies go to the spool.
  *
- * The owner (session.c) sends the acknowledgements through ops->ack and
- * decides what to do with errors (close the device: it keeps the message
- * and retries).
+ * Store and forward (the uplink is away, or a backlog is being sent):
+ * QoS 1/2 messages are appended to the device's spool file and
+ * acknowledged to the device only after outbox_commit() made them durable
+ * (fdatasync). The bridge then owns them: it replays them in order with
+ * packet identifiers of its own (ones the device is not using upstream),
+ * and a spooled message leaves the file only on the broker's own PUBACK /
+ * PUBCOMP for it. Once the backlog is sent, forwarding is direct again.
+ *
+ * Order ([MQTT-4.6.0-2]): acknowledgements reach the device in the order
+ * of its PUBLISHes, whether a message was forwarded, spooled, or refused
+ * (outbox_refuse): an acknowledgement waits for every earlier one.
+ *
+ * QoS 2 (§4.3.3): for a forwarded message the device's PUBREL goes to the
+ * broker and the broker's PUBCOMP back to the device; for a spooled one
+ * the bridge answers PUBCOMP itself. A PUBREL for an identifier the
+ * outbox does not know (the device reconnected after the broker's PUBREC)
+ * is forwarded too: the broker holds that state in the persistent session.
+ *
+ * QoS 0 while the uplink is away waits in memory, bounded
+ * (max_qos0_bytes, oldest dropped first).
  */
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mqtt_codec.h"
+
 struct outbox;
-struct upstream;
+struct uplink;
 struct spool_meta;
 
 struct outbox_ops {
-        /* Acknowledge pid to the device: PUBACK for qos 1, PUBREC for 2. */
+        /* Acknowledge the device's PUBLISH pid: PUBACK for qos 1, PUBREC
+         * for 2. Called in the order of the PUBLISHes. */
         void (*ack)(void *ud, uint16_t pid, uint8_t qos);
+        /* PUBCOMP pid to the device (its QoS 2 message is complete). */
+        void (*complete)(void *ud, uint16_t pid);
+        /* Is pid in use upstream by the owner for something else (a
+         * SUBSCRIBE or UNSUBSCRIBE in flight)? May be NULL. */
+        bool (*pid_busy)(void *ud, uint16_t pid);
 };
 
 struct outbox_params {
         const char *spool_dir;          /* NULL: no spool (no store and forward) */
-        const char *key;                /* identifies the device's spool file */
+        const char *key;                /* identifies the spool file in spool_dir (spool_path) */
+        const char *spool_path;         /* instead of spool_dir + key (a replayer) */
         const char *name;               /* the device, for log lines */
-        const char *spool_path;         /* instead of spool_dir + key (replaying for an absent device) */
-        /* Recorded in the spool so that it can be replayed while the
-         * device is away (NULL client id: leave the file's record). */
-        const char *up_client_id, *up_username, *up_password;
-        int protocol_level;
-        uint64_t spool_max_bytes;       /* this device's file */
-        uint64_t *spool_total;          /* bytes of every spool file (shared counter) */
-        uint64_t spool_total_max;
-        uint64_t *spool_msgs;           /* messages in every spool (shared gauge), may be NULL */
-        unsigned max_inflight;          /* upstream QoS 1/2 in flight, per device */
-        size_t max_qos0_bytes;          /* QoS 0 held while upstream is away */
-        uint64_t *stat_spooled;         /* counters, may be NULL */
+        /* The sender recorded in the spool (copied): who the messages are
+         * from, for a replay while the device is away. NULL: keep the
+         * file's record (a replayer). Never a password. */
+        const struct spool_meta *meta;
+        uint64_t spool_max_bytes;       /* this device's file (0: no bound) */
+        uint64_t *spool_total;          /* bytes of every spool file (shared gauge, borrowed) */
+        uint64_t spool_total_max;       /* bound on *spool_total (0: none) */
+        uint64_t *spool_msgs;           /* messages in every spool (shared gauge, borrowed), may be NULL */
+        unsigned max_inflight;          /* QoS 1/2 in flight upstream, per device */
+        size_t max_qos0_bytes;          /* QoS 0 held while the uplink is away */
+        uint64_t *stat_spooled;         /* counters (borrowed), may be NULL */
         uint64_t *stat_replayed;
         uint64_t *stat_dropped;
-        const struct outbox_ops *ops;
+        const struct outbox_ops *ops;   /* borrowed; may be NULL for a replayer */
         void *ud;
 };
 
-/* Create; opens the device's spool if it holds messages from an earlier
- * connection (they go first). Returns 0 and *out, or a negative errno. */
+/* Create. Everything in p is copied except the borrowed counters and ops.
+ * A spool holding messages from an earlier connection (or a crash) is
+ * opened at once: those go first. Returns 0 and *out, -EBUSY when another
+ * writer holds the spool file, or another negative errno. */
 int outbox_new(const struct outbox_params *p, struct outbox **out);
 
-/* The session ended: close the spool file now (a new connection of the
- * same device may open it at once) and do no more I/O; the struct stays
- * valid (code below on the stack may still be using it) until
- * outbox_free(). Returns true if the spool still holds messages. */
+/* The owner is gone: close the spool file now (a new connection of the
+ * same device may open it at once) and do no more I/O. Spooled messages
+ * not yet made durable are forgotten (they were never acknowledged).
+ * Returns true if the spool still holds messages. */
 bool outbox_detach(struct outbox *o);
 
 /* Free: copies in flight are dropped (not acknowledged to the device, so
- * it sends them again); the spool file stays if it holds anything. */
+ * it sends them again); the spool file stays if it holds anything.
+ * NULL-safe. */
 void outbox_free(struct outbox *o);
 
-/* The upstream client to publish to (NULL while there is none), and
- * whether it is connected. Connecting starts the replay. */
-void outbox_set_upstream(struct outbox *o, struct upstream *u, bool connected);
+/*
+ * The uplink is connected (CONNACK 0). session_present is the broker's
+ * flag: without it, state of the earlier link is gone (QoS 2 messages the
+ * broker had PUBREC'd are spooled as the bridge's own). Starts sending
+ * what waits: QoS 0, the spool backlog. u is borrowed.
+ */
+void outbox_uplink_up(struct outbox *o, struct uplink *u, bool session_present);
 
 /*
- * A QoS 0/1/2 PUBLISH from the device (topic already mapped upstream).
- * Returns 0 (sent, queued or spooled: for QoS 1/2 the ack follows through
- * ops->ack, after outbox_commit() for spooled ones), -ENOSPC when the spool
- * is full, -ENOTCONN when upstream is away and there is no spool, or
- * another negative errno.
+ * The uplink was lost. Messages in flight go to the spool (durable when
+ * this returns) and are acknowledged to the device; with clean (the
+ * uplink's session was not persistent) QoS 2 messages the broker had
+ * PUBREC'd are spooled too. Returns 0, -ENOTCONN when there is no spool
+ * (the owner must close the device, which then sends them again), or
+ * another negative errno (nothing acknowledged).
  */
-int outbox_publish(struct outbox *o, uint16_t pid, uint8_t qos, bool retain, const char *topic,
-                   const void *payload, size_t len);
+int outbox_uplink_down(struct outbox *o, bool clean);
 
-/* Make spooled messages durable, then acknowledge them. Returns 0, or a
+/* Send what waits (after the uplink said on_writable). */
+void outbox_pump(struct outbox *o);
+
+/*
+ * A PUBLISH from the device; p->topic is already mapped upstream. Returns
+ * 0 (forwarded, queued or spooled: for QoS 1/2 the acknowledgement
+ * follows through ops->ack), 1 when it is a resend of one still being
+ * handled (nothing to do), -ENOSPC when the spool is full, -ENOTCONN when
+ * the uplink is away and there is no spool, or another negative errno.
+ */
+int outbox_publish(struct outbox *o, const struct mqtt_publish *p);
+
+/* A QoS 1/2 PUBLISH refused here (outside the mountpoint): acknowledged
+ * like the others, in order, and dropped (MQTT 3.1.1 has no negative
+ * acknowledgement; mosquitto's ACL does the same). */
+int outbox_refuse(struct outbox *o, uint16_t pid, uint8_t qos);
+
+/* Make what was spooled durable, then acknowledge it. Returns 0 or a
  * negative errno (fsync failed: nothing was acknowledged). */
 int outbox_commit(struct outbox *o);
 
-/* Is a QoS 1/2 message with this id still being handled (a resend)? */
-bool outbox_has(const struct outbox *o, uint16_t pid);
-
-/* Has the device as many QoS 1/2 messages in flight as allowed? */
+/* Has the device as many QoS 1/2 messages waiting for the broker as
+ * allowed? (The owner then stops reading it.) */
 bool outbox_full(const struct outbox *o);
 
-/* The broker acknowledged mid. Returns true if it was one of ours. */
-bool outbox_on_published(struct outbox *o, int mid);
+/* A PUBACK, PUBREC or PUBCOMP from the broker. Returns true if it was
+ * for a message of this outbox. */
+bool outbox_on_broker_ack(struct outbox *o, enum mqtt_type type, uint16_t pid);
 
-/* The upstream connection was lost: move the messages in flight to the
- * spool. Returns 0 (call outbox_commit), or -ENOTCONN when there is no
- * spool (the device must be closed so it resends them), or an error. */
-int outbox_upstream_lost(struct outbox *o);
+/* The device's PUBREL for its QoS 2 message pid (§4.3.3). */
+void outbox_device_pubrel(struct outbox *o, uint16_t pid);
 
-/* Messages waiting in the spool. */
+/* Is pid in use upstream by this outbox (forwarded, replayed, or a QoS 2
+ * exchange still open)? */
+bool outbox_pid_in_use(const struct outbox *o, uint16_t pid);
+
+/* Messages waiting in the spool, and whether nothing at all is left to
+ * send or to be acknowledged (a replayer is done). */
 uint64_t outbox_spooled(const struct outbox *o);
+bool outbox_idle(const struct outbox *o);
 
 /* The sender recorded in the open spool, or NULL. */
 const struct spool_meta *outbox_spool_meta(const struct outbox *o);

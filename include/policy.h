@@ -50,6 +50,8 @@ int policy_filter_to_upstream(const char *mountpoint, const uint8_t *filter, siz
  * *out_offset = 0.
  */
 int policy_topic_from_upstream(const char *mountpoint, const char *topic, size_t *out_offset);
+/* The same on a topic that is not NUL-terminated (len bytes). */
+int policy_topic_from_upstream_buf(const char *mountpoint, const uint8_t *topic, size_t len, size_t *out_offset);
 
 /*
  * The upstream client id: prefix + device client id. When the device sent

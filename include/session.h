@@ -30,8 +30,5 @@ void session_free(struct session *s);
 /* Close for shutdown: close_notify to the device, then session_free. */
 void session_shutdown(struct session *s);
 
-/* Free what is held for absent persistent-session devices (shutdown). */
-void session_held_free_all(struct bridge *b);
-
 /* Unlink s from the reap list and return the next one (used by the reaper). */
 struct session *session_reap_next(struct bridge *b);

@@ -30,12 +30,17 @@ struct spool_msg {
 };
 
 /* Who the messages are from, recorded in the file so that they can be sent
- * upstream while the device is not connected. Strings owned by the spool. */
+ * upstream while the device is not connected. Never a password: the
+ * credentials a device sent live in memory only (a replay after a crash
+ * takes them from the configuration, or waits for the device). Strings
+ * owned by whoever filled the struct (the spool, for spool_get_meta). */
 struct spool_meta {
         char *client_id;        /* the device's upstream client id */
-        char *username;         /* NULL: none */
-        char *password;         /* NULL: none */
+        char *username;         /* NULL: none (the one the device sent, for username_mode = device) */
+        char *identity;         /* the certificate identity (CN) the spool belongs to; NULL in old files */
         int protocol_level;     /* 3 or 4 */
+        bool clean_session;     /* the device's clean-session flag (§3.1.2.4) */
+        bool had_password;      /* the uplink sent a password the file does not hold */
 };
 
 /* The file that holds key's spool in dir (malloc'ed; NULL on ENOMEM). */
@@ -44,10 +49,14 @@ char *spool_path(const char *dir, const char *key);
 /* Open (or create) the spool file at path: spool_open without the key. */
 int spool_open_path(const char *path, uint64_t max_bytes, struct spool **out);
 
-/* Record the sender (written before the next message, and at once when the
- * file already holds messages). Returns 0 or a negative errno. */
-int spool_set_meta(struct spool *s, const char *client_id, const char *username, const char *password,
-                   int protocol_level);
+/* Record the sender (copied; written before the next message, and at once
+ * when the file already holds messages). Returns 0 or a negative errno. */
+int spool_set_meta(struct spool *s, const struct spool_meta *m);
+
+/* Free the strings of a spool_meta filled by spool_meta_copy. NULL-safe. */
+void spool_meta_clear(struct spool_meta *m);
+/* Deep copy. Returns 0 or -ENOMEM (dst cleared). */
+int spool_meta_copy(struct spool_meta *dst, const struct spool_meta *src);
 
 /* The sender recorded in the file, or NULL if none was. */
 const struct spool_meta *spool_get_meta(const struct spool *s);

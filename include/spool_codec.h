@@ -18,7 +18,9 @@
  * body of a META record (type 3): how to reach the broker on the device's
  * behalf when it is not connected — the MESSAGE layout, with the flags
  * SPOOL_META_* in the qos byte, the upstream client id as topic and
- * "username\0password" as payload.
+ * "username\0\0identity" as payload. (Files written before version 0.2
+ * had "username\0password" and SPOOL_META_PASSWORD: read, the password
+ * is discarded and never written again.)
  *
  * All integers big-endian. A record that is cut short or fails its CRC
  * marks the end of the usable file: it was being written when the process
@@ -39,8 +41,10 @@ enum spool_record_type {
 };
 
 #define SPOOL_META_USERNAME 0x01
-#define SPOOL_META_PASSWORD 0x02
+#define SPOOL_META_PASSWORD 0x02  /* a password was used upstream (never stored; old files stored it) */
 #define SPOOL_META_MQTT31 0x04
+#define SPOOL_META_CLEAN 0x08     /* the device connected with clean session */
+#define SPOOL_META_IDENTITY 0x10  /* the payload's third field is the identity */
 
 struct spool_record {
         enum spool_record_type type;

@@ -16,7 +16,7 @@
 #include "session.h"
 #include "spool.h"
 #include "tls_server.h"
-#include "upstream.h"
+#include "uplink.h"
 
 static int bridge_on_reap(sd_event_source *s, void *userdata)
 {
@@ -37,8 +37,8 @@ void bridge_notify_status(struct bridge *b)
 {
         unsigned open = 0, connected = 0;
 
-        if (b->upstreams)
-                upstream_pool_count(b->upstreams, &open, &connected);
+        if (b->uplinks)
+                uplink_pool_count(b->uplinks, &open, &connected);
         sd_notifyf(0, "STATUS=%u device%s connected, %u upstream session%s up, %u TLS connection%s",
                    b->n_devices, b->n_devices == 1 ? "" : "s", connected, connected == 1 ? "" : "s",
                    b->n_sessions, b->n_sessions == 1 ? "" : "s");
@@ -97,7 +97,7 @@ int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
                 log_error("%s", err);
                 return r;
         }
-        r = upstream_pool_new(event, &b->cfg.upstream, up_ctx, &b->upstreams);
+        r = uplink_pool_new(event, &b->cfg.upstream, up_ctx, &b->uplinks);
         SSL_CTX_free(up_ctx);
         if (r < 0) {
                 log_error("cannot set up the upstream pool: %s", strerror(-r));
@@ -148,9 +148,8 @@ void bridge_stop(struct bridge *b)
         while (b->sessions)
                 session_shutdown(b->sessions);
         replayer_stop_all(b);
-        session_held_free_all(b);
-        upstream_pool_free(b->upstreams);
-        b->upstreams = NULL;
+        uplink_pool_free(b->uplinks);
+        b->uplinks = NULL;
         sd_event_source_disable_unref(b->reaper);
         sd_event_source_disable_unref(b->status_timer);
         SSL_CTX_free(b->device_ctx);

@@ -74,7 +74,7 @@ enum {
         K_U_HOST, K_U_PORT, K_U_CAFILE, K_U_CAPATH, K_U_CERTFILE, K_U_KEYFILE, K_U_SERVER_NAME,
         K_U_TLSVER, K_U_CIPHERS, K_U_BIND, K_U_CONN_TIMEOUT,
         K_B_PREFIX, K_B_USERMODE, K_B_USERNAME, K_B_PASSMODE, K_B_PASSWORD, K_B_MOUNTPOINT,
-        K_B_MATCHCN, K_B_USER,
+        K_B_MATCHCN, K_B_TAKEOVER, K_B_USER,
         K_M_MAXCONN, K_M_PACKET, K_M_INFLIGHT, K_M_QUEUED, K_M_KEEPALIVE,
         K_S_DIR, K_S_MAX, K_S_MAX_DEV,
         K_X_ENABLED, K_X_BIND, K_X_PORT,
@@ -116,6 +116,7 @@ static const struct key_desc keys[N_KEYS] = {
         [K_B_PASSWORD] = { "bridge", "password", KEY_OPTSTRING, OFF(bridge.password), 0, 0, true },
         [K_B_MOUNTPOINT] = { "bridge", "mountpoint", KEY_OPTSTRING, OFF(bridge.mountpoint), 0, 0, false },
         [K_B_MATCHCN] = { "bridge", "clientid_must_match_cn", KEY_BOOL, OFF(bridge.clientid_must_match_cn), 0, 0, false },
+        [K_B_TAKEOVER] = { "bridge", "allow_clientid_takeover", KEY_BOOL, OFF(bridge.allow_clientid_takeover), 0, 0, false },
         [K_B_USER] = { "bridge", "user", KEY_OPTSTRING, OFF(bridge.user), 0, 0, false },
 
         [K_M_MAXCONN] = { "limits", "max_connections", KEY_UINT, OFF(limits.max_connections), 0, 1000000, false },
@@ -553,6 +554,19 @@ static int require(struct load_state *st, size_t idx, const char *why)
         return fail(st, -EINVAL, st->seen[idx], &keys[idx], "%s", why);
 }
 
+/* Does a mountpoint template use %<which> ("%%" is a literal '%')? */
+static bool mountpoint_uses(const char *t, char which)
+{
+        for (; t && *t; t++)
+                if (*t == '%') {
+                        if (t[1] == which)
+                                return true;
+                        if (t[1])
+                                t++;
+                }
+        return false;
+}
+
 static int validate(struct load_state *st)
 {
         struct config *cfg = st->cfg;
@@ -617,6 +631,16 @@ static int validate(struct load_state *st)
         if (r < 0)
                 return fail(st, r, st->seen[K_B_MOUNTPOINT], &keys[K_B_MOUNTPOINT], "'%s': %s",
                             cfg->bridge.mountpoint, why ? why : "invalid");
+        /* Identity is the certificate: a mountpoint keyed by the client id
+         * would let any device reach another's topics by claiming its id,
+         * unless ids are bound to the CN; with %c they are, by default. */
+        if (mountpoint_uses(cfg->bridge.mountpoint, 'c') && !st->seen[K_B_MATCHCN])
+                cfg->bridge.clientid_must_match_cn = true;
+        if (mountpoint_uses(cfg->bridge.mountpoint, 'i') && !cfg->bridge.clientid_must_match_cn)
+                return fail(st, -EINVAL, st->seen[K_B_MOUNTPOINT], &keys[K_B_MOUNTPOINT],
+                            "'%s': %%i (the client id) needs clientid_must_match_cn = true, or any "
+                            "certificate could reach another device's topics by claiming its client id",
+                            cfg->bridge.mountpoint);
 
         /* [limits] */
         if (cfg->limits.max_queued_bytes < cfg->limits.max_packet_size) {
@@ -809,6 +833,7 @@ int config_init(struct config *cfg)
         cfg->bridge.username_mode = USERNAME_FROM_DEVICE;
         cfg->bridge.password_mode = PASSWORD_FROM_DEVICE;
         cfg->bridge.clientid_must_match_cn = false;
+        cfg->bridge.allow_clientid_takeover = false;
         cfg->bridge.user = strdup("mqtt-edge-bridge");
 
         cfg->limits.max_connections = 1024;

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,17 +45,72 @@ int log_level_from_string(const char *s)
         return -EINVAL;
 }
 
+size_t log_escape(char *dst, size_t cap, const char *src, size_t len, bool quotes)
+{
+        static const char hex[] = "0123456789abcdef";
+        size_t o = 0;
+
+        if (cap == 0)
+                return 0;
+        for (size_t i = 0; i < len && src[i]; i++) {
+                unsigned char c = (unsigned char) src[i];
+                bool esc = c < 0x20 || c == 0x7f || (quotes && (c == '"' || c == '\\'));
+                /* C1 controls (U+0080..U+009F, UTF-8 C2 80..C2 9F): some
+                 * terminals take U+009B as CSI. */
+                if (c == 0xc2 && i + 1 < len && (unsigned char) src[i + 1] >= 0x80 &&
+                    (unsigned char) src[i + 1] <= 0x9f) {
+                        if (o + 8 >= cap)
+                                break;
+                        memcpy(dst + o, "\\xc2\\x", 6);
+                        dst[o + 6] = hex[(unsigned char) src[i + 1] >> 4];
+                        dst[o + 7] = hex[(unsigned char) src[i + 1] & 15];
+                        o += 8;
+                        i++;
+                        continue;
+                }
+                if (esc) {
+                        if (o + 4 >= cap)
+                                break;
+                        dst[o++] = '\\';
+                        dst[o++] = 'x';
+                        dst[o++] = hex[c >> 4];
+                        dst[o++] = hex[c & 15];
+                        continue;
+                }
+                if (o + 1 >= cap)
+                        break;
+                dst[o++] = (char) c;
+        }
+        dst[o] = 0;
+        return o;
+}
+
 void log_msg(enum log_level level, const struct log_fields *f, const char *fmt, ...)
 {
-        char msg[1024];
+        char raw[1024], msg[1024];
         va_list ap;
 
         if (!log_enabled(level))
                 return;
 
         va_start(ap, fmt);
-        vsnprintf(msg, sizeof msg, fmt, ap);
+        vsnprintf(raw, sizeof raw, fmt, ap);
         va_end(ap);
+        /* Whatever a device sent (a client id, a topic) reaches the log
+         * escaped: no control character can forge or hide a line. */
+        log_escape(msg, sizeof msg, raw, sizeof raw, false);
+        char cn[300] = "", cid[300] = "", reason[300] = "";
+        struct log_fields esc = { 0 };
+        if (f) {
+                esc.peer = f->peer;
+                if (f->cn)
+                        log_escape(cn, sizeof cn, f->cn, strlen(f->cn), true), esc.cn = cn;
+                if (f->client_id)
+                        log_escape(cid, sizeof cid, f->client_id, strlen(f->client_id), true), esc.client_id = cid;
+                if (f->reason)
+                        log_escape(reason, sizeof reason, f->reason, strlen(f->reason), true), esc.reason = reason;
+                f = &esc;
+        }
 
         if (log_to_journal) {
                 /* Empty fields are harmless in the journal, and keep this one

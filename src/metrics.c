@@ -31,7 +31,7 @@
 #include "list.h"
 #include "log.h"
 #include "metrics.h"
-#include "upstream.h"
+#include "uplink.h"
 
 #define STATUS_TIMEOUT_SEC 3
 #define STATUS_MAX_REPLY (1024 * 1024)
@@ -166,8 +166,8 @@ int metrics_render(const struct bridge *b, char **out, size_t *len)
         one(f, "mqtt_edge_bridge_keepalive_timeouts_total", "counter",
             "Device connections closed after 1.5 x keepalive of silence.", st->keepalive_timeouts);
 
-        if (b->upstreams)
-                upstream_pool_count(b->upstreams, &open, &connected);
+        if (b->uplinks)
+                uplink_pool_count(b->uplinks, &open, &connected);
         head(f, "mqtt_edge_bridge_upstream_sessions", "gauge",
              "Upstream client sessions, one per device, by state (connecting includes closing).");
         fprintf(f, "mqtt_edge_bridge_upstream_sessions{state=\"connected\"} %u\n", connected);

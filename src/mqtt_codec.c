@@ -127,7 +127,9 @@ static bool rd_str(struct rd *r, struct mqtt_str *s) {
  * UTF-8 and topics (§1.5.3, §4.7)
  * ---------------------------------------------------------------------- */
 
-bool mqtt_utf8_valid(const uint8_t *s, size_t len) {
+/* §1.5.3; with forbid_ctrl also the C0 and C1 control characters
+ * U+0001..U+001F and U+007F..U+009F, as mosquitto_validate_utf8() does. */
+static bool utf8_check(const uint8_t *s, size_t len, bool forbid_ctrl) {
         size_t i = 0;
 
         if (len > 0 && !s)
@@ -141,6 +143,8 @@ bool mqtt_utf8_valid(const uint8_t *s, size_t len) {
                 if (c < 0x80u) {
                         /* §1.5.3 [MQTT-1.5.3-2]: U+0000 must not appear. */
                         if (c == 0)
+                                return false;
+                        if (forbid_ctrl && (c < 0x20u || c == 0x7fu))
                                 return false;
                         i++;
                         continue;
@@ -174,9 +178,19 @@ bool mqtt_utf8_valid(const uint8_t *s, size_t len) {
                         return false;
                 if (cp >= 0xd800u && cp <= 0xdfffu)
                         return false;
+                if (forbid_ctrl && cp >= 0x80u && cp <= 0x9fu)
+                        return false;
                 i += n + 1;
         }
         return true;
+}
+
+bool mqtt_utf8_valid(const uint8_t *s, size_t len) {
+        return utf8_check(s, len, false);
+}
+
+bool mqtt_string_clean(const uint8_t *s, size_t len) {
+        return utf8_check(s, len, true);
 }
 
 bool mqtt_topic_name_valid(const uint8_t *s, size_t len) {

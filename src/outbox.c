@@ -1,4 +1,20 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * outbox — device → broker, with the spool. See outbox.h for the promise;
+ * the state below is what keeps it:
+ *
+ *   fifo    every QoS 1/2 PUBLISH of the device whose acknowledgement has
+ *           not gone to the device yet, in arrival order (§4.6): waiting
+ *           for the broker (a copy kept), for fsync (spooled), or done
+ *           (refused, or acknowledged but behind an earlier one);
+ *   rel     QoS 2 messages forwarded directly that the broker PUBREC'd:
+ *           the device's PUBREL goes upstream, the broker's PUBCOMP back;
+ *   own2    QoS 2 messages the bridge spooled and PUBREC'd itself: the
+ *           device's PUBREL is answered here;
+ *   replay  spooled messages in flight upstream under the bridge's own
+ *           packet identifiers;
+ *   q0      QoS 0 waiting for the uplink.
+ */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -6,55 +22,70 @@
 #include "log.h"
 #include "outbox.h"
 #include "spool.h"
-#include "upstream.h"
+#include "uplink.h"
 
-/* A message in flight upstream (a copy, for the spool if the connection
- * drops), or a QoS 0 message waiting for the connection. */
+/* A message's topic and payload, kept while it is in flight. */
 struct ob_msg {
-        struct ob_msg *next;
-        int mid;
-        unsigned shadowed;      /* QoS 0 publishes that got the same mid since */
-        uint16_t pid;
+        struct ob_msg *next;    /* QoS 0 queue only */
         uint8_t qos;
         bool retain;
+        uint16_t topic_len;
         size_t len;
-        char *topic;            /* points into data */
-        uint8_t data[];         /* payload, then topic */
+        uint8_t data[];         /* topic, then payload */
+};
+
+enum ob_state {
+        OB_WAIT_BROKER,         /* forwarded; copy kept */
+        OB_WAIT_SYNC,           /* spooled, not yet durable */
+        OB_DONE,                /* may be acknowledged once it is at the head */
+};
+
+struct ob_entry {
+        uint16_t pid;
+        uint8_t qos;
+        uint8_t state;          /* enum ob_state */
+        struct ob_msg *copy;    /* OB_WAIT_BROKER */
+};
+
+struct ob_rel {
+        uint16_t pid;
+        bool released;          /* PUBREL went upstream: waiting for PUBCOMP */
+        bool device_released;   /* the device's PUBREL came while the uplink was away */
+        struct ob_msg *copy;    /* until PUBREL goes upstream */
 };
 
 struct ob_replay {
-        int mid;
-        uint64_t seq;
-        unsigned shadowed;
-};
-
-struct ob_ack {
-        uint16_t pid;
+        uint16_t pid;           /* the bridge's own */
         uint8_t qos;
+        bool released;          /* QoS 2: PUBREC seen, PUBREL sent */
+        uint64_t seq;
 };
 
 struct outbox {
         struct outbox_params p;
-        char *spool_dir;
-        char *key;
-        char *name;
-        struct upstream *up;
-        bool connected;
+        char *spool_dir, *key, *name, *spool_path;
+        struct spool_meta meta;
+        bool has_meta;
+        struct uplink *up;              /* connected uplink, or NULL */
         struct spool *spool;
-        bool spooling;                  /* QoS 1/2 go to the spool */
-        struct ob_msg *fly_head, *fly_tail; /* direct, in flight, in order */
-        unsigned n_fly;
-        struct ob_msg *q0_head, *q0_tail;   /* QoS 0 waiting */
-        size_t q0_bytes;
-        struct ob_replay *replay;       /* spooled, in flight upstream */
-        unsigned n_replay;
+        bool spooling;                  /* new QoS 1/2 go to the spool (backlog or uplink away) */
+        bool detached;
+
+        struct ob_entry *fifo;
+        unsigned n_fifo, cap_fifo;
+        unsigned n_wait_broker;
+        struct ob_rel *rel;
+        unsigned n_rel, cap_rel;
+        uint16_t *own2;
+        unsigned n_own2, cap_own2;
+        struct ob_replay *replay;
+        unsigned n_replay, cap_replay;
         uint64_t last_read_seq;
-        struct ob_ack *acks;            /* spooled, waiting for fsync */
-        unsigned n_acks, cap_acks;
+        uint16_t next_pid;
+
+        struct ob_msg *q0_head, *q0_tail;
+        size_t q0_bytes;
         uint64_t counted_pending;       /* this spool's share of *p.spool_msgs */
-        bool detached;                  /* the session ended: no more I/O */
-        bool in_qos0_publish;           /* inside upstream_publish() for QoS 0 */
-        bool qos0_seen;                 /* ...and its on_publish came at once */
 };
 
 static void count(uint64_t *c)
@@ -63,24 +94,46 @@ static void count(uint64_t *c)
                 (*c)++;
 }
 
-static struct ob_msg *ob_msg_new(uint16_t pid, uint8_t qos, bool retain, const char *topic,
-                                 const void *payload, size_t len)
+/* Grow an array of n elements to hold one more. */
+static int grow(void **arr, unsigned *cap, unsigned n, size_t size)
 {
-        size_t tlen = strlen(topic);
-        struct ob_msg *m = malloc(sizeof *m + len + tlen + 1);
+        if (n < *cap)
+                return 0;
+        unsigned c = *cap ? *cap * 2 : 8;
+        void *a = realloc(*arr, c * size);
+        if (!a)
+                return -ENOMEM;
+        *arr = a;
+        *cap = c;
+        return 0;
+}
+
+static struct ob_msg *ob_msg_new(const struct mqtt_publish *p)
+{
+        struct ob_msg *m = malloc(sizeof *m + p->topic.len + p->payload_len);
 
         if (!m)
                 return NULL;
-        *m = (struct ob_msg){ .pid = pid, .qos = qos, .retain = retain, .len = len };
-        if (len)
-                memcpy(m->data, payload, len);
-        m->topic = (char *) m->data + len;
-        memcpy(m->topic, topic, tlen + 1);
+        *m = (struct ob_msg){ .qos = p->qos, .retain = p->retain, .topic_len = p->topic.len, .len = p->payload_len };
+        memcpy(m->data, p->topic.data, p->topic.len);
+        if (p->payload_len)
+                memcpy(m->data + p->topic.len, p->payload, p->payload_len);
         return m;
 }
 
-/* Keep the shared byte counter right across an operation on the file,
- * and the shared message gauge with this spool's pending count. */
+static struct mqtt_publish ob_msg_publish(const struct ob_msg *m)
+{
+        return (struct mqtt_publish){
+                .qos = m->qos,
+                .retain = m->retain,
+                .topic = { m->data, m->topic_len },
+                .payload = m->data + m->topic_len,
+                .payload_len = m->len,
+        };
+}
+
+/* ---- the spool and its gauges ---- */
+
 static void ob_account(struct outbox *o, uint64_t before)
 {
         uint64_t after = o->spool ? spool_bytes(o->spool) : 0;
@@ -101,19 +154,16 @@ static int ob_spool_open(struct outbox *o)
                 return 0;
         if (o->detached)
                 return -ESHUTDOWN;
-        if (!o->spool_dir && !o->p.spool_path)
+        if (!o->spool_dir && !o->spool_path)
                 return -ENOTCONN;
-        if (o->p.spool_path)
-                r = spool_open_path(o->p.spool_path, o->p.spool_max_bytes, &o->spool);
+        if (o->spool_path)
+                r = spool_open_path(o->spool_path, o->p.spool_max_bytes, &o->spool);
         else
                 r = spool_open(o->spool_dir, o->key, o->p.spool_max_bytes, &o->spool);
-        if (r < 0) {
-                log_error("cannot open the spool of \"%s\": %s", o->name, strerror(-r));
+        if (r < 0)
                 return r;
-        }
-        if (o->p.up_client_id) {
-                r = spool_set_meta(o->spool, o->p.up_client_id, o->p.up_username, o->p.up_password,
-                                   o->p.protocol_level);
+        if (o->has_meta) {
+                r = spool_set_meta(o->spool, &o->meta);
                 if (r < 0)
                         log_warning("spool of \"%s\": cannot record the sender: %s", o->name, strerror(-r));
         }
@@ -121,8 +171,6 @@ static int ob_spool_open(struct outbox *o)
         return 0;
 }
 
-/* Close the spool file (spool_close removes it when nothing is pending)
- * and take it out of the gauges. Returns true if it held messages. */
 static bool ob_spool_close(struct outbox *o)
 {
         bool pending;
@@ -138,85 +186,142 @@ static bool ob_spool_close(struct outbox *o)
         return pending;
 }
 
-static void ob_spool_close_if_empty(struct outbox *o)
+static unsigned ob_count_state(const struct outbox *o, enum ob_state st)
 {
-        if (!o->spool || spool_pending(o->spool) > 0 || o->n_acks > 0 || o->n_replay > 0)
+        unsigned n = 0;
+        for (unsigned i = 0; i < o->n_fifo; i++)
+                n += o->fifo[i].state == st;
+        return n;
+}
+
+/* The backlog is sent: forward directly again, and give the file back. */
+static void ob_spool_done_if_empty(struct outbox *o)
+{
+        if (!o->spooling || !o->up || o->n_replay > 0 || ob_count_state(o, OB_WAIT_SYNC) > 0)
+                return;
+        if (o->spool && spool_pending(o->spool) > 0)
                 return;
         ob_spool_close(o);
         o->spooling = false;
         o->last_read_seq = 0;
 }
 
-static int ob_spool_append(struct outbox *o, uint16_t pid, uint8_t qos, bool retain, const char *topic,
-                           const void *payload, size_t len)
+/* Append one message; it is acknowledged to anyone only after a sync. */
+static int ob_spool_append(struct outbox *o, const struct mqtt_publish *p)
 {
         uint64_t seq, before;
+        char *topic;
         int r;
 
         r = ob_spool_open(o);
         if (r < 0)
                 return r;
         if (o->p.spool_total && o->p.spool_total_max &&
-            *o->p.spool_total + len + strlen(topic) + 64 > o->p.spool_total_max)
+            *o->p.spool_total + p->payload_len + p->topic.len + 64 > o->p.spool_total_max)
                 return -ENOSPC;
-        if (o->n_acks == o->cap_acks) {
-                unsigned cap = o->cap_acks ? o->cap_acks * 2 : 8;
-                struct ob_ack *a = realloc(o->acks, cap * sizeof *a);
-                if (!a)
-                        return -ENOMEM;
-                o->acks = a;
-                o->cap_acks = cap;
-        }
+        topic = strndup((const char *) p->topic.data, p->topic.len);
+        if (!topic)
+                return -ENOMEM;
         before = spool_bytes(o->spool);
-        r = spool_append(o->spool, qos, retain, topic, payload, len, &seq);
+        r = spool_append(o->spool, p->qos, p->retain, topic, p->payload, p->payload_len, &seq);
         ob_account(o, before);
+        free(topic);
         if (r < 0)
                 return r;
-        o->acks[o->n_acks++] = (struct ob_ack){ .pid = pid, .qos = qos };
         o->spooling = true;
         count(o->p.stat_spooled);
         return 0;
 }
 
+static int ob_sync(struct outbox *o)
+{
+        if (!o->spool)
+                return -ESHUTDOWN;
+        return spool_sync(o->spool);
+}
+
+/* ---- acknowledgements to the device, in order ---- */
+
+static int ob_own2_add(struct outbox *o, uint16_t pid)
+{
+        for (unsigned i = 0; i < o->n_own2; i++)
+                if (o->own2[i] == pid)
+                        return 0;
+        if (grow((void **) &o->own2, &o->cap_own2, o->n_own2, sizeof *o->own2) < 0)
+                return -ENOMEM;
+        o->own2[o->n_own2++] = pid;
+        return 0;
+}
+
+static void ob_flush_acks(struct outbox *o)
+{
+        /* One at a time off the head: an ack callback may detach us. */
+        while (o->n_fifo > 0 && o->fifo[0].state == OB_DONE && !o->detached) {
+                struct ob_entry e = o->fifo[0];
+                memmove(o->fifo, o->fifo + 1, (o->n_fifo - 1) * sizeof *o->fifo);
+                o->n_fifo--;
+                if (o->p.ops && o->p.ops->ack)
+                        o->p.ops->ack(o->p.ud, e.pid, e.qos);
+        }
+}
+
+static int ob_fifo_push(struct outbox *o, uint16_t pid, uint8_t qos, enum ob_state st, struct ob_msg *copy)
+{
+        if (grow((void **) &o->fifo, &o->cap_fifo, o->n_fifo, sizeof *o->fifo) < 0)
+                return -ENOMEM;
+        o->fifo[o->n_fifo++] = (struct ob_entry){ .pid = pid, .qos = qos, .state = (uint8_t) st, .copy = copy };
+        if (st == OB_WAIT_BROKER)
+                o->n_wait_broker++;
+        return 0;
+}
+
+/* ---- life ---- */
+
 int outbox_new(const struct outbox_params *p, struct outbox **out)
 {
         struct outbox *o = calloc(1, sizeof *o);
+        int r = -ENOMEM;
 
         if (!o)
                 return -ENOMEM;
         o->p = *p;
-        o->key = strdup(p->key);
-        o->name = strdup(p->name ? p->name : p->key);
-        o->spool_dir = p->spool_dir ? strdup(p->spool_dir) : NULL;
-        if (!o->key || !o->name || (p->spool_dir && !o->spool_dir)) {
-                outbox_free(o);
-                return -ENOMEM;
+        o->name = strdup(p->name ? p->name : "?");
+        if (p->key && !(o->key = strdup(p->key)))
+                goto fail;
+        if (p->spool_dir && !(o->spool_dir = strdup(p->spool_dir)))
+                goto fail;
+        if (p->spool_path && !(o->spool_path = strdup(p->spool_path)))
+                goto fail;
+        if (!o->name)
+                goto fail;
+        if (p->meta) {
+                if (spool_meta_copy(&o->meta, p->meta) < 0)
+                        goto fail;
+                o->has_meta = true;
         }
-        if (o->spool_dir || p->spool_path) {
+        o->p.meta = NULL;
+        if (o->spool_dir || o->spool_path) {
                 /* Messages an earlier connection (or a crashed bridge) left
                  * behind go out before anything new. */
-                if (ob_spool_open(o) == 0) {
-                        if (spool_pending(o->spool) > 0) {
-                                o->spooling = true;
-                                log_notice("%llu spooled message%s of \"%s\" will be sent upstream first",
-                                           (unsigned long long) spool_pending(o->spool),
-                                           spool_pending(o->spool) == 1 ? "" : "s", o->name);
-                        } else {
-                                ob_spool_close_if_empty(o);
-                        }
+                r = ob_spool_open(o);
+                if (r == -EBUSY)
+                        goto fail;
+                if (r == 0 && spool_pending(o->spool) > 0) {
+                        o->spooling = true;
+                        log_notice("%llu spooled message%s of \"%s\" will be sent upstream first",
+                                   (unsigned long long) spool_pending(o->spool),
+                                   spool_pending(o->spool) == 1 ? "" : "s", o->name);
+                } else if (r == 0) {
+                        ob_spool_close(o);
+                } else {
+                        log_warning("cannot open the spool of \"%s\": %s", o->name, strerror(-r));
                 }
         }
         *out = o;
         return 0;
-}
-
-static void ob_list_free(struct ob_msg *m)
-{
-        while (m) {
-                struct ob_msg *n = m->next;
-                free(m);
-                m = n;
-        }
+fail:
+        outbox_free(o);
+        return r;
 }
 
 bool outbox_detach(struct outbox *o)
@@ -224,11 +329,7 @@ bool outbox_detach(struct outbox *o)
         if (!o)
                 return false;
         o->detached = true;
-        o->connected = false;
         o->up = NULL;
-        o->n_acks = 0; /* not durable yet: never acknowledged */
-        /* The gauges count open spools; a file left with messages waits on
-         * disk for the device's next connection (or a replayer). */
         return ob_spool_close(o);
 }
 
@@ -237,51 +338,104 @@ void outbox_free(struct outbox *o)
         if (!o)
                 return;
         (void) outbox_detach(o);
-        ob_list_free(o->fly_head);
-        ob_list_free(o->q0_head);
+        for (unsigned i = 0; i < o->n_fifo; i++)
+                free(o->fifo[i].copy);
+        for (unsigned i = 0; i < o->n_rel; i++)
+                free(o->rel[i].copy);
+        while (o->q0_head) {
+                struct ob_msg *m = o->q0_head;
+                o->q0_head = m->next;
+                free(m);
+        }
+        free(o->fifo);
+        free(o->rel);
+        free(o->own2);
         free(o->replay);
-        free(o->acks);
+        spool_meta_clear(&o->meta);
         free(o->key);
         free(o->name);
         free(o->spool_dir);
+        free(o->spool_path);
         free(o);
 }
 
-/* libmosquitto reports a QoS 0 publish through on_publish too, with a mid
- * from the same 16-bit counter: after a wrap-around it can equal that of a
- * QoS 1/2 message still in flight, whose PUBACK must not be faked. */
-static void ob_shadow(struct outbox *o, int mid)
+/* ---- sending upstream ---- */
+
+static int ob_send(struct outbox *o, const struct mqtt_publish *p)
 {
-        for (struct ob_msg *m = o->fly_head; m; m = m->next)
-                if (m->mid == mid)
-                        m->shadowed++;
-        for (unsigned i = 0; i < o->n_replay; i++)
-                if (o->replay[i].mid == mid)
-                        o->replay[i].shadowed++;
+        size_t len = mqtt_publish_len(p);
+        uint8_t *buf;
+        int n;
+
+        if (!o->up || len == 0)
+                return -ENOTCONN;
+        buf = uplink_reserve(o->up, len);
+        if (!buf)
+                return -ENOTCONN;
+        n = mqtt_encode_publish(buf, len, p);
+        if (n < 0) {
+                uplink_commit(o->up, 0);
+                return n;
+        }
+        uplink_commit(o->up, (size_t) n);
+        return 0;
 }
 
-/* A QoS 0 PUBLISH upstream. libmosquitto usually reports it through
- * on_publish from inside mosquitto_publish (written at once): that call is
- * recognised by the flag; a later one (written later) by ob_shadow. */
-static int ob_publish_qos0(struct outbox *o, const char *topic, const void *payload, size_t len, bool retain)
+bool outbox_pid_in_use(const struct outbox *o, uint16_t pid)
 {
-        int mid = 0, r;
+        if (!o)
+                return false;
+        for (unsigned i = 0; i < o->n_fifo; i++)
+                if (o->fifo[i].pid == pid && o->fifo[i].state == OB_WAIT_BROKER)
+                        return true;
+        for (unsigned i = 0; i < o->n_rel; i++)
+                if (o->rel[i].pid == pid)
+                        return true;
+        for (unsigned i = 0; i < o->n_replay; i++)
+                if (o->replay[i].pid == pid)
+                        return true;
+        return false;
+}
 
-        o->in_qos0_publish = true;
-        o->qos0_seen = false;
-        r = upstream_publish(o->up, &mid, topic, payload, len, 0, retain);
-        o->in_qos0_publish = false;
-        if (r == 0 && !o->qos0_seen)
-                ob_shadow(o, mid);
-        return r;
+/* §2.3.1: a packet identifier the bridge's link is not using. The device
+ * picks its own independently, so the bridge's must avoid every id the
+ * device has open upstream, and the owner's SUBSCRIBEs. 0 if none is free
+ * (cannot happen with bounded in-flight windows). */
+static uint16_t ob_free_pid(struct outbox *o)
+{
+        for (unsigned tries = 0; tries < 65535; tries++) {
+                uint16_t pid = ++o->next_pid;
+                if (pid == 0)
+                        pid = o->next_pid = 1;
+                if (outbox_pid_in_use(o, pid))
+                        continue;
+                if (o->p.ops && o->p.ops->pid_busy && o->p.ops->pid_busy(o->p.ud, pid))
+                        continue;
+                return pid;
+        }
+        return 0;
+}
+
+static void ob_flush_qos0(struct outbox *o)
+{
+        while (o->up && o->q0_head && uplink_writable(o->up)) {
+                struct ob_msg *m = o->q0_head;
+                struct mqtt_publish p = ob_msg_publish(m);
+                if (ob_send(o, &p) < 0)
+                        return;
+                o->q0_head = m->next;
+                if (!o->q0_head)
+                        o->q0_tail = NULL;
+                o->q0_bytes -= m->len + m->topic_len;
+                free(m);
+        }
 }
 
 /* Send spooled messages upstream, in order, up to the in-flight limit. */
-static void ob_pump(struct outbox *o)
+static void ob_replay_pump(struct outbox *o)
 {
-        while (o->connected && o->spooling && o->spool && o->n_replay < o->p.max_inflight) {
+        while (o->up && o->spooling && o->spool && o->n_replay < o->p.max_inflight && uplink_writable(o->up)) {
                 struct spool_msg *m = NULL;
-                int mid = 0;
                 uint64_t cursor = spool_cursor(o->spool);
                 int r = spool_read_next(o->spool, &m);
                 if (r < 0) {
@@ -290,59 +444,166 @@ static void ob_pump(struct outbox *o)
                 }
                 if (r == 0)
                         break;
-                struct ob_replay *rp = realloc(o->replay, (o->n_replay + 1) * sizeof *rp);
-                if (!rp) {
+                uint16_t pid = ob_free_pid(o);
+                if (pid == 0 || grow((void **) &o->replay, &o->cap_replay, o->n_replay, sizeof *o->replay) < 0) {
                         free(m);
-                        spool_rewind(o->spool);
+                        spool_set_cursor(o->spool, cursor);
                         return;
                 }
-                o->replay = rp;
-                r = upstream_publish(o->up, &mid, m->topic, m->payload, m->payload_len, m->qos, m->retain);
+                size_t tlen = strlen(m->topic);
+                struct mqtt_publish p = {
+                        .qos = m->qos,
+                        .retain = m->retain,
+                        .topic = { (const uint8_t *) m->topic, (uint16_t) tlen },
+                        .packet_id = m->qos ? pid : 0,
+                        .payload = m->payload,
+                        .payload_len = m->payload_len,
+                };
+                r = tlen > 0 && tlen <= 65535 ? ob_send(o, &p) : -EINVAL;
                 uint64_t seq = m->seq;
+                uint8_t qos = m->qos;
                 free(m);
-                if (r < 0) {
-                        /* Read it again next time: the cursor must not pass
-                         * a message that did not go out. A lost connection
-                         * arrives through outbox_upstream_lost. */
-                        if (o->spool)
-                                spool_set_cursor(o->spool, cursor);
+                if (r == -ENOTCONN) {
+                        spool_set_cursor(o->spool, cursor);
                         return;
                 }
-                o->replay[o->n_replay++] = (struct ob_replay){ .mid = mid, .seq = seq };
-                o->last_read_seq = seq;
                 count(o->p.stat_replayed);
+                o->last_read_seq = seq;
+                if (r < 0 || qos == 0) {
+                        /* Cannot be encoded (never happens with what the
+                         * spool accepted), or QoS 0: nothing will ack it. */
+                        if (r < 0)
+                                log_warning("spool of \"%s\": message %llu cannot be sent (%s), skipped",
+                                            o->name, (unsigned long long) seq, strerror(-r));
+                        continue;
+                }
+                o->replay[o->n_replay++] = (struct ob_replay){ .pid = pid, .qos = qos, .seq = seq };
         }
-        if (o->connected && o->n_replay == 0 && o->n_acks == 0)
-                ob_spool_close_if_empty(o);
+        ob_spool_done_if_empty(o);
 }
 
-static void ob_flush_qos0(struct outbox *o)
+void outbox_pump(struct outbox *o)
 {
-        while (o->connected && o->q0_head) {
-                struct ob_msg *m = o->q0_head;
-                if (ob_publish_qos0(o, m->topic, m->data, m->len, m->retain) < 0)
-                        return;
-                o->q0_head = m->next;
-                if (!o->q0_head)
-                        o->q0_tail = NULL;
-                o->q0_bytes -= m->len + strlen(m->topic);
-                free(m);
-        }
+        if (!o || o->detached || !o->up)
+                return;
+        ob_flush_qos0(o);
+        ob_replay_pump(o);
 }
 
-void outbox_set_upstream(struct outbox *o, struct upstream *u, bool connected)
+void outbox_uplink_up(struct outbox *o, struct uplink *u, bool session_present)
 {
+        if (!o || o->detached)
+                return;
         o->up = u;
-        o->connected = u && connected;
-        if (o->connected) {
-                ob_flush_qos0(o);
-                ob_pump(o);
+        /* QoS 2 messages the broker PUBREC'd on the earlier link. */
+        for (unsigned i = 0; i < o->n_rel;) {
+                struct ob_rel *rl = &o->rel[i];
+                if (!session_present) {
+                        /* The broker's state is gone: a message it had not
+                         * been released is not delivered (mosquitto hands a
+                         * QoS 2 message on at PUBREL); the bridge owns its
+                         * copy from now on. One that was released is. */
+                        if (rl->copy) {
+                                struct mqtt_publish p = ob_msg_publish(rl->copy);
+                                p.qos = 2;
+                                if (ob_spool_append(o, &p) == 0 && ob_sync(o) == 0) {
+                                        if (rl->device_released && o->p.ops && o->p.ops->complete)
+                                                o->p.ops->complete(o->p.ud, rl->pid);
+                                        else
+                                                (void) ob_own2_add(o, rl->pid);
+                                } else {
+                                        log_warning("\"%s\": cannot spool a QoS 2 message the broker lost", o->name);
+                                }
+                        } else if (o->p.ops && o->p.ops->complete) {
+                                o->p.ops->complete(o->p.ud, rl->pid);
+                        }
+                        free(rl->copy);
+                        o->rel[i] = o->rel[--o->n_rel];
+                        continue;
+                }
+                /* §4.4: resend PUBREL for what was released. */
+                if (rl->released || rl->device_released) {
+                        if (uplink_send_ack(u, MQTT_PUBREL, rl->pid) == 0) {
+                                rl->released = true;
+                                rl->device_released = false;
+                                free(rl->copy);
+                                rl->copy = NULL;
+                        }
+                }
+                i++;
         }
+        outbox_pump(o);
 }
 
-static int ob_queue_qos0(struct outbox *o, bool retain, const char *topic, const void *payload, size_t len)
+int outbox_uplink_down(struct outbox *o, bool clean)
 {
-        size_t need = len + strlen(topic);
+        bool spooled = false;
+        int r = 0;
+
+        if (!o)
+                return 0;
+        o->up = NULL;
+        o->n_replay = 0;
+        if (o->spool)
+                spool_rewind(o->spool); /* unacknowledged ones go again */
+        if (o->n_wait_broker == 0 && (!clean || o->n_rel == 0))
+                return 0;
+        if (!o->spool_dir && !o->spool_path)
+                return -ENOTCONN;
+        /* In order, ahead of anything the device sends from now on. */
+        for (unsigned i = 0; i < o->n_fifo; i++) {
+                struct ob_entry *e = &o->fifo[i];
+                if (e->state != OB_WAIT_BROKER)
+                        continue;
+                struct mqtt_publish p = ob_msg_publish(e->copy);
+                r = ob_spool_append(o, &p);
+                if (r < 0)
+                        return r;
+                free(e->copy);
+                e->copy = NULL;
+                e->state = OB_WAIT_SYNC;
+                o->n_wait_broker--;
+                spooled = true;
+        }
+        if (clean) {
+                /* No session to come back to (§3.1.2.4): handled now as
+                 * outbox_uplink_up would after session_present = 0. */
+                for (unsigned i = 0; i < o->n_rel; i++)
+                        if (o->rel[i].copy) {
+                                struct mqtt_publish p = ob_msg_publish(o->rel[i].copy);
+                                p.qos = 2;
+                                r = ob_spool_append(o, &p);
+                                if (r < 0)
+                                        return r;
+                                spooled = true;
+                        }
+        }
+        if (spooled) {
+                r = outbox_commit(o);
+                if (r < 0)
+                        return r;
+        }
+        if (clean) {
+                while (o->n_rel > 0) {
+                        struct ob_rel rl = o->rel[--o->n_rel];
+                        bool had_copy = rl.copy != NULL;
+                        free(rl.copy);
+                        if (had_copy && !rl.device_released)
+                                (void) ob_own2_add(o, rl.pid);
+                        else if (o->p.ops && o->p.ops->complete)
+                                o->p.ops->complete(o->p.ud, rl.pid);
+                        if (o->detached)
+                                break;
+                }
+        }
+        return 0;
+}
+
+/* ---- from the device ---- */
+
+static int ob_queue_qos0(struct outbox *o, const struct mqtt_publish *p)
+{
+        size_t need = p->payload_len + p->topic.len;
         struct ob_msg *m;
 
         if (need > o->p.max_qos0_bytes) {
@@ -355,11 +616,11 @@ static int ob_queue_qos0(struct outbox *o, bool retain, const char *topic, const
                 o->q0_head = m->next;
                 if (!o->q0_head)
                         o->q0_tail = NULL;
-                o->q0_bytes -= m->len + strlen(m->topic);
+                o->q0_bytes -= m->len + m->topic_len;
                 free(m);
                 count(o->p.stat_dropped);
         }
-        m = ob_msg_new(0, 0, retain, topic, payload, len);
+        m = ob_msg_new(p);
         if (!m)
                 return -ENOMEM;
         if (o->q0_tail)
@@ -371,126 +632,197 @@ static int ob_queue_qos0(struct outbox *o, bool retain, const char *topic, const
         return 0;
 }
 
-int outbox_publish(struct outbox *o, uint16_t pid, uint8_t qos, bool retain, const char *topic,
-                   const void *payload, size_t len)
+int outbox_publish(struct outbox *o, const struct mqtt_publish *p)
 {
-        struct ob_msg *m;
+        struct ob_msg *copy;
         int r;
 
-        if (qos == 0) {
-                if (o->connected) {
-                        r = ob_publish_qos0(o, topic, payload, len, retain);
-                        if (r != -ENOTCONN)
-                                return r;
-                }
-                return ob_queue_qos0(o, retain, topic, payload, len);
-        }
         if (o->detached)
                 return -ESHUTDOWN;
-        if (o->spooling || !o->connected)
-                return ob_spool_append(o, pid, qos, retain, topic, payload, len);
-
-        m = ob_msg_new(pid, qos, retain, topic, payload, len);
-        if (!m)
+        if (p->qos == 0) {
+                if (o->up && !o->q0_head && ob_send(o, p) == 0)
+                        return 0;
+                return ob_queue_qos0(o, p);
+        }
+        /* A resend (DUP, §4.3) of one still being handled: it is on its way
+         * (or owned) already, its acknowledgement will come. */
+        for (unsigned i = 0; i < o->n_fifo; i++)
+                if (o->fifo[i].pid == p->packet_id)
+                        return 1;
+        if (p->qos == 2) {
+                for (unsigned i = 0; i < o->n_own2; i++)
+                        if (o->own2[i] == p->packet_id) {
+                                /* §4.3.3: ours already: PUBREC again, keep one. */
+                                if (o->p.ops && o->p.ops->ack)
+                                        o->p.ops->ack(o->p.ud, p->packet_id, 2);
+                                return 1;
+                        }
+                for (unsigned i = 0; i < o->n_rel; i++)
+                        if (o->rel[i].pid == p->packet_id) {
+                                if (o->p.ops && o->p.ops->ack)
+                                        o->p.ops->ack(o->p.ud, p->packet_id, 2);
+                                return 1;
+                        }
+        }
+        if (o->spooling || !o->up) {
+                r = ob_spool_append(o, p);
+                if (r < 0)
+                        return r;
+                return ob_fifo_push(o, p->packet_id, p->qos, OB_WAIT_SYNC, NULL);
+        }
+        copy = ob_msg_new(p);
+        if (!copy)
                 return -ENOMEM;
-        r = upstream_publish(o->up, &m->mid, topic, payload, len, qos, retain);
-        if (r < 0 && r != -ENOTCONN) {
-                free(m);
+        r = ob_fifo_push(o, p->packet_id, p->qos, OB_WAIT_BROKER, copy);
+        if (r < 0) {
+                free(copy);
                 return r;
         }
-        /* Even when the connection just failed (-ENOTCONN) keep the copy:
-         * outbox_upstream_lost() moves it to the spool. */
-        if (o->fly_tail)
-                o->fly_tail->next = m;
-        else
-                o->fly_head = m;
-        o->fly_tail = m;
-        o->n_fly++;
-        return 0;
+        struct mqtt_publish fwd = *p;
+        fwd.dup = false; /* a new message on this link (§3.3.1.1) */
+        r = ob_send(o, &fwd);
+        /* -ENOTCONN: the link is failing; the copy goes to the spool when
+         * outbox_uplink_down() comes. */
+        return r == -ENOTCONN ? 0 : r;
+}
+
+int outbox_refuse(struct outbox *o, uint16_t pid, uint8_t qos)
+{
+        for (unsigned i = 0; i < o->n_fifo; i++)
+                if (o->fifo[i].pid == pid)
+                        return 0;
+        int r = ob_fifo_push(o, pid, qos, OB_DONE, NULL);
+        if (r == 0)
+                ob_flush_acks(o);
+        return r;
 }
 
 int outbox_commit(struct outbox *o)
 {
-        if (!o)
-                return 0;
+        bool any = false;
         int r;
 
-        if (o->n_acks == 0)
+        if (!o || o->detached)
                 return 0;
-        if (!o->spool)
-                return -ESHUTDOWN;
-        r = spool_sync(o->spool);
+        for (unsigned i = 0; i < o->n_fifo; i++)
+                any |= o->fifo[i].state == OB_WAIT_SYNC;
+        if (!any)
+                return 0;
+        r = ob_sync(o);
         if (r < 0)
                 return r;
         /* Durable: now, and only now, the device may forget them. */
-        unsigned n = o->n_acks;
-        o->n_acks = 0;
-        for (unsigned i = 0; i < n; i++)
-                o->p.ops->ack(o->p.ud, o->acks[i].pid, o->acks[i].qos);
-        ob_pump(o);
+        for (unsigned i = 0; i < o->n_fifo; i++)
+                if (o->fifo[i].state == OB_WAIT_SYNC) {
+                        o->fifo[i].state = OB_DONE;
+                        if (o->fifo[i].qos == 2)
+                                (void) ob_own2_add(o, o->fifo[i].pid);
+                }
+        ob_flush_acks(o);
+        if (!o->detached)
+                outbox_pump(o);
         return 0;
-}
-
-bool outbox_has(const struct outbox *o, uint16_t pid)
-{
-        if (!o)
-                return false;
-        for (const struct ob_msg *m = o->fly_head; m; m = m->next)
-                if (m->pid == pid)
-                        return true;
-        for (unsigned i = 0; i < o->n_acks; i++)
-                if (o->acks[i].pid == pid)
-                        return true;
-        return false;
 }
 
 bool outbox_full(const struct outbox *o)
 {
         if (!o)
                 return false;
-        return o->n_fly >= o->p.max_inflight;
+        /* Only what waits for the broker or the disk: a QoS 2 exchange that
+         * waits for the device's PUBREL must not stop its input. */
+        return o->n_fifo >= o->p.max_inflight;
 }
 
-bool outbox_on_published(struct outbox *o, int mid)
+void outbox_device_pubrel(struct outbox *o, uint16_t pid)
 {
-        if (!o)
-                return false;
-        if (o->in_qos0_publish) {
-                /* The QoS 0 message being written right now. */
-                o->qos0_seen = true;
-                return true;
+        for (unsigned i = 0; i < o->n_own2; i++)
+                if (o->own2[i] == pid) {
+                        o->own2[i] = o->own2[--o->n_own2];
+                        if (o->p.ops && o->p.ops->complete)
+                                o->p.ops->complete(o->p.ud, pid);
+                        return;
+                }
+        for (unsigned i = 0; i < o->n_fifo; i++)
+                if (o->fifo[i].pid == pid)
+                        return; /* PUBREL before our PUBREC: out of order, ignored */
+        struct ob_rel *rl = NULL;
+        for (unsigned i = 0; i < o->n_rel; i++)
+                if (o->rel[i].pid == pid)
+                        rl = &o->rel[i];
+        if (!rl) {
+                /* Not ours: the broker PUBREC'd it on an earlier connection
+                 * of this device (persistent session). The broker has the
+                 * state; forward it and relay its PUBCOMP. */
+                if (grow((void **) &o->rel, &o->cap_rel, o->n_rel, sizeof *o->rel) < 0)
+                        return;
+                rl = &o->rel[o->n_rel++];
+                *rl = (struct ob_rel){ .pid = pid };
         }
-        struct ob_msg **pp, *m;
+        if (o->up && uplink_send_ack(o->up, MQTT_PUBREL, pid) == 0) {
+                rl->released = true;
+                rl->device_released = false;
+                free(rl->copy);
+                rl->copy = NULL;
+        } else {
+                rl->device_released = true;
+        }
+}
 
-        for (pp = &o->fly_head; (m = *pp); pp = &m->next) {
-                if (m->mid != mid)
+/* ---- from the broker ---- */
+
+static bool ob_on_direct_ack(struct outbox *o, enum mqtt_type type, uint16_t pid)
+{
+        if (type == MQTT_PUBCOMP) {
+                for (unsigned i = 0; i < o->n_rel; i++)
+                        if (o->rel[i].pid == pid && o->rel[i].released) {
+                                free(o->rel[i].copy);
+                                o->rel[i] = o->rel[--o->n_rel];
+                                if (o->p.ops && o->p.ops->complete)
+                                        o->p.ops->complete(o->p.ud, pid);
+                                return true;
+                        }
+                return false;
+        }
+        for (unsigned i = 0; i < o->n_fifo; i++) {
+                struct ob_entry *e = &o->fifo[i];
+                if (e->pid != pid || e->state != OB_WAIT_BROKER)
                         continue;
-                if (m->shadowed > 0) {
-                        /* This is the QoS 0 publish's callback, not ours. */
-                        m->shadowed--;
-                        return true;
+                if ((type == MQTT_PUBACK) != (e->qos == 1))
+                        return false; /* the wrong ack for its QoS: ignored */
+                if (e->qos == 2) {
+                        /* The broker has it (§4.3.3); the exchange goes on
+                         * between the device and the broker. */
+                        if (grow((void **) &o->rel, &o->cap_rel, o->n_rel, sizeof *o->rel) < 0)
+                                return true; /* stays waiting; resent after a reconnect */
+                        o->rel[o->n_rel++] = (struct ob_rel){ .pid = pid, .copy = e->copy };
+                } else {
+                        free(e->copy);
                 }
-                *pp = m->next;
-                if (o->fly_tail == m) {
-                        o->fly_tail = NULL;
-                        for (struct ob_msg *t = o->fly_head; t; t = t->next)
-                                o->fly_tail = t;
-                }
-                o->n_fly--;
-                o->p.ops->ack(o->p.ud, m->pid, m->qos);
-                free(m);
+                e->copy = NULL;
+                e->state = OB_DONE;
+                o->n_wait_broker--;
+                ob_flush_acks(o);
                 return true;
         }
+        return false;
+}
+
+static bool ob_on_replay_ack(struct outbox *o, enum mqtt_type type, uint16_t pid)
+{
         for (unsigned i = 0; i < o->n_replay; i++) {
-                if (o->replay[i].mid != mid)
+                struct ob_replay *rp = &o->replay[i];
+                if (rp->pid != pid)
                         continue;
-                if (o->replay[i].shadowed > 0) {
-                        o->replay[i].shadowed--;
+                if (type == MQTT_PUBREC && rp->qos == 2) {
+                        if (uplink_send_ack(o->up, MQTT_PUBREL, pid) == 0)
+                                rp->released = true;
                         return true;
                 }
+                if (!((type == MQTT_PUBACK && rp->qos == 1) || (type == MQTT_PUBCOMP && rp->qos == 2 && rp->released)))
+                        return true; /* out of order for its QoS: ignored */
+                o->replay[i] = o->replay[--o->n_replay];
                 if (!o->spool)
                         return true;
-                o->replay[i] = o->replay[--o->n_replay];
                 /* Everything below the oldest still in flight is safe. */
                 uint64_t through = o->last_read_seq;
                 for (unsigned k = 0; k < o->n_replay; k++)
@@ -501,36 +833,19 @@ bool outbox_on_published(struct outbox *o, int mid)
                 ob_account(o, before);
                 if (r < 0)
                         log_warning("spool of \"%s\": %s (messages may be sent twice)", o->name, strerror(-r));
-                ob_pump(o);
+                outbox_pump(o);
                 return true;
         }
         return false;
 }
 
-int outbox_upstream_lost(struct outbox *o)
+bool outbox_on_broker_ack(struct outbox *o, enum mqtt_type type, uint16_t pid)
 {
-        int r = 0;
-
-        o->connected = false;
-        o->n_replay = 0;
-        if (o->spool)
-                spool_rewind(o->spool); /* unacknowledged ones go again */
-        if (!o->fly_head)
-                return 0;
-        if (!o->spool_dir && !o->p.spool_path)
-                return -ENOTCONN;
-        /* In order, ahead of anything the device sends from now on. */
-        while (o->fly_head) {
-                struct ob_msg *m = o->fly_head;
-                r = ob_spool_append(o, m->pid, m->qos, m->retain, m->topic, m->data, m->len);
-                if (r < 0)
-                        return r;
-                o->fly_head = m->next;
-                o->n_fly--;
-                free(m);
-        }
-        o->fly_tail = NULL;
-        return 0;
+        if (!o || o->detached)
+                return false;
+        if (ob_on_replay_ack(o, type, pid))
+                return true;
+        return ob_on_direct_ack(o, type, pid);
 }
 
 uint64_t outbox_spooled(const struct outbox *o)
@@ -540,7 +855,13 @@ uint64_t outbox_spooled(const struct outbox *o)
         return o->spool ? spool_pending(o->spool) : 0;
 }
 
+bool outbox_idle(const struct outbox *o)
+{
+        return !o || (o->n_fifo == 0 && o->n_rel == 0 && o->n_replay == 0 && !o->q0_head &&
+                      (!o->spool || spool_pending(o->spool) == 0));
+}
+
 const struct spool_meta *outbox_spool_meta(const struct outbox *o)
 {
-        return o->spool ? spool_get_meta(o->spool) : NULL;
+        return o && o->spool ? spool_get_meta(o->spool) : NULL;
 }

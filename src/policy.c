@@ -14,63 +14,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mqtt_codec.h"
 #include "policy.h"
 
 /* MQTT 3.1.1 §1.5.3: a UTF-8 string field carries at most 65535 bytes. */
 #define MQTT_STRING_MAX 65535u
 
-/*
- * MQTT 3.1.1 §1.5.3: well-formed UTF-8 (no overlong forms, no surrogates
- * U+D800..U+DFFF, nothing above U+10FFFF) and no U+0000. With forbid_ctrl
- * the C0/C1 control characters are refused too (§1.5.3 says SHOULD NOT;
- * for a mountpoint we make it MUST, as a control character in a topic
- * prefix only ever means someone is trying something).
- */
-static bool utf8_valid(const uint8_t *s, size_t len, bool forbid_ctrl)
+/* §1.5.3, in the codec, and the C0/C1 control characters
+ * refused (§1.5.3 says SHOULD NOT; here it is MUST, as a control
+ * character in a topic or identity only ever means someone is trying
+ * something). */
+static bool utf8_valid(const uint8_t *s, size_t len)
 {
-        size_t i = 0;
-
-        while (i < len) {
-                uint8_t c = s[i];
-                uint32_t cp;
-                size_t n;
-
-                if (c < 0x80) {
-                        if (c == 0)
-                                return false;
-                        if (forbid_ctrl && (c < 0x20 || c == 0x7f))
-                                return false;
-                        i++;
-                        continue;
-                }
-                if (c >= 0xc2 && c <= 0xdf) {
-                        n = 1;
-                        cp = c & 0x1f;
-                } else if (c >= 0xe0 && c <= 0xef) {
-                        n = 2;
-                        cp = c & 0x0f;
-                } else if (c >= 0xf0 && c <= 0xf4) {
-                        n = 3;
-                        cp = c & 0x07;
-                } else
-                        return false; /* continuation byte, 0xc0/0xc1 overlong lead, or > 0xf4 */
-
-                if (len - i - 1 < n)
-                        return false;
-                for (size_t k = 1; k <= n; k++) {
-                        if ((s[i + k] & 0xc0) != 0x80)
-                                return false;
-                        cp = (cp << 6) | (s[i + k] & 0x3f);
-                }
-                if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10ffff)
-                        return false; /* overlong or out of range */
-                if (cp >= 0xd800 && cp <= 0xdfff)
-                        return false;
-                if (forbid_ctrl && cp >= 0x80 && cp <= 0x9f)
-                        return false;
-                i += n + 1;
-        }
-        return true;
+        return mqtt_string_clean(s, len);
 }
 
 static bool level_is_dotdot(const uint8_t *s, size_t len)
@@ -123,7 +79,7 @@ static int check_identity_value(const char *v, const char **why)
                 *why = "identity starts with '$' (reserved for the broker, MQTT 3.1.1 §4.7.2)";
                 return -EINVAL;
         }
-        if (!utf8_valid((const uint8_t *) v, len, true)) {
+        if (!utf8_valid((const uint8_t *) v, len)) {
                 *why = "identity is not valid UTF-8 or contains control characters (MQTT 3.1.1 §1.5.3)";
                 return -EINVAL;
         }
@@ -195,7 +151,7 @@ finish:
                 r = -EINVAL;
                 goto fail;
         }
-        if (!utf8_valid((const uint8_t *) buf, size, true)) {
+        if (!utf8_valid((const uint8_t *) buf, size)) {
                 *why = "mountpoint is not valid UTF-8 or contains control characters (MQTT 3.1.1 §1.5.3)";
                 r = -EINVAL;
                 goto fail;
@@ -260,12 +216,9 @@ int policy_topic_to_upstream(const char *mountpoint, const uint8_t *topic, size_
         int r;
 
         *out = NULL;
-        /* §4.7.3: at least one character; §3.3.2.1: no wildcards in a name. */
-        if (!topic || len == 0 || len > MQTT_STRING_MAX)
-                return -EINVAL;
-        if (!utf8_valid(topic, len, false))
-                return -EINVAL;
-        if (memchr(topic, '+', len) || memchr(topic, '#', len))
+        /* §4.7.3: at least one character; §3.3.2.1: no wildcards in a name;
+         * and no control character (the broker's rule at the door). */
+        if (!topic || !mqtt_topic_name_valid(topic, len) || !mqtt_string_clean(topic, len))
                 return -EINVAL;
 
         if (mountpoint && *mountpoint) {
@@ -278,37 +231,13 @@ int policy_topic_to_upstream(const char *mountpoint, const uint8_t *topic, size_
         return join(mountpoint, topic, len, out);
 }
 
-/* §4.7.1.2 / §4.7.1.3: '#' only alone as the last level, '+' only alone. */
-static bool filter_valid(const uint8_t *s, size_t len)
-{
-        size_t start = 0;
-
-        for (size_t i = 0; i <= len; i++) {
-                size_t n;
-
-                if (i < len && s[i] != '/')
-                        continue;
-                n = i - start;
-                for (size_t k = start; k < i; k++)
-                        if ((s[k] == '+' || s[k] == '#') && n != 1)
-                                return false;
-                if (n == 1 && s[start] == '#' && i != len)
-                        return false;
-                start = i + 1;
-        }
-        return true;
-}
-
 int policy_filter_to_upstream(const char *mountpoint, const uint8_t *filter, size_t len, char **out)
 {
         int r;
 
         *out = NULL;
-        if (!filter || len == 0 || len > MQTT_STRING_MAX) /* §4.7.3 */
-                return -EINVAL;
-        if (!utf8_valid(filter, len, false))
-                return -EINVAL;
-        if (!filter_valid(filter, len))
+        /* §4.7.1, §4.7.3, and no control character. */
+        if (!filter || !mqtt_topic_filter_valid(filter, len) || !mqtt_string_clean(filter, len))
                 return -EINVAL;
 
         if (mountpoint && *mountpoint) {
@@ -323,7 +252,7 @@ int policy_filter_to_upstream(const char *mountpoint, const uint8_t *filter, siz
         return join(mountpoint, filter, len, out);
 }
 
-int policy_topic_from_upstream(const char *mountpoint, const char *topic, size_t *out_offset)
+int policy_topic_from_upstream_buf(const char *mountpoint, const uint8_t *topic, size_t len, size_t *out_offset)
 {
         size_t mlen;
 
@@ -337,10 +266,18 @@ int policy_topic_from_upstream(const char *mountpoint, const char *topic, size_t
         /* A topic equal to the mountpoint would reach the device as "", which
          * §4.7.3 forbids; "devices/a/#" matches "devices/a" too (§4.7.1.2),
          * and that one is not the device's either. */
-        if (strncmp(topic, mountpoint, mlen) != 0 || topic[mlen] == '\0')
+        if (len <= mlen || memcmp(topic, mountpoint, mlen) != 0)
                 return -ENOENT;
         *out_offset = mlen;
         return 0;
+}
+
+int policy_topic_from_upstream(const char *mountpoint, const char *topic, size_t *out_offset)
+{
+        *out_offset = 0;
+        if (!topic)
+                return -EINVAL;
+        return policy_topic_from_upstream_buf(mountpoint, (const uint8_t *) topic, strlen(topic), out_offset);
 }
 
 int policy_client_id(const struct config_bridge *b, const char *cn, const uint8_t *client_id,

@@ -28,7 +28,7 @@
 #include "metrics.h"
 #include "reload.h"
 #include "tls_server.h"
-#include "upstream.h"
+#include "uplink.h"
 
 #define SWAP(a, b)                      \
         do {                            \
@@ -156,7 +156,7 @@ int reload_config(struct bridge *b)
 
         SSL_CTX_free(b->device_ctx);
         b->device_ctx = device_ctx;
-        upstream_pool_set_ctx(b->upstreams, up_ctx); /* takes its own reference */
+        uplink_pool_set_config(b->uplinks, &b->cfg.upstream, up_ctx); /* takes its own reference */
         SSL_CTX_free(up_ctx);
         if (move_metrics) {
                 metrics_free(b->metrics);

@@ -4,26 +4,34 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/crypto.h>
 
 #include "bridge.h"
 #include "list.h"
 #include "log.h"
 #include "outbox.h"
+#include "policy.h"
 #include "replayer.h"
 #include "spool.h"
-#include "upstream.h"
+#include "uplink.h"
+
+#define REPLAY_KEEPALIVE 60
+#define REPLAY_BACKOFF_MAX_SEC 60
 
 struct replayer {
         struct bridge *b;
         LIST_FIELDS(struct replayer, replayers);
         char *path;
-        char *client_id, *username, *password;
-        int protocol_level;
+        char *client_id;          /* the device's own */
+        char *user, *pass;        /* upstream credentials, NULL: none */
+        size_t pass_len;
+        bool clean_session;
+        uint8_t protocol_level;
         struct outbox *outbox;
-        struct upstream *up;
+        struct uplink *up;
         bool connected;
-        bool done;
-        sd_event_source *timer;   /* reconnect, and checks for the end */
+        bool refused;             /* CONNACK != 0: the spool waits for the device */
+        sd_event_source *timer;   /* reconnect, and the end */
         unsigned backoff_sec;
 };
 
@@ -32,13 +40,15 @@ static void replayer_free(struct replayer *r)
         if (!r)
                 return;
         LIST_REMOVE(replayers, r->b->replayers, r);
-        upstream_close(r->up, true);
+        uplink_close(r->up, true);
         outbox_free(r->outbox);
         sd_event_source_disable_unref(r->timer);
         free(r->path);
         free(r->client_id);
-        free(r->username);
-        free(r->password);
+        free(r->user);
+        if (r->pass)
+                OPENSSL_cleanse(r->pass, r->pass_len);
+        free(r->pass);
         free(r);
 }
 
@@ -53,19 +63,20 @@ static void replayer_arm(struct replayer *r, uint64_t usec)
 static void replayer_retry(struct replayer *r)
 {
         unsigned delay = r->backoff_sec ? r->backoff_sec : 1;
-        r->backoff_sec = delay * 2 > 60 ? 60 : delay * 2;
+        r->backoff_sec = delay * 2 > REPLAY_BACKOFF_MAX_SEC ? REPLAY_BACKOFF_MAX_SEC : delay * 2;
         replayer_arm(r, (uint64_t) delay * 1000000ULL);
 }
 
-static void rp_on_connect(void *ud, int rc, bool session_present)
+static void rp_on_connack(void *ud, uint8_t rc, bool session_present)
 {
         struct replayer *r = ud;
 
         if (rc != 0) {
-                log_warning("replaying the spool of \"%s\": the broker refused with CONNACK %d; "
+                r->up = NULL; /* the uplink closes itself after a refusal */
+                log_warning("replaying the spool of \"%s\": the broker refused with CONNACK %u; "
                             "the messages wait for the device", r->client_id, rc);
-                r->done = true;
-                replayer_arm(r, 0 + 1);
+                r->refused = true;
+                replayer_arm(r, 1); /* freed from the timer, outside the uplink's call */
                 return;
         }
         r->connected = true;
@@ -73,90 +84,113 @@ static void rp_on_connect(void *ud, int rc, bool session_present)
         log_notice("replaying %llu spooled message%s of \"%s\" while the device is away",
                    (unsigned long long) outbox_spooled(r->outbox), outbox_spooled(r->outbox) == 1 ? "" : "s",
                    r->client_id);
-        outbox_set_upstream(r->outbox, r->up, true);
-        replayer_arm(r, 100000);
+        outbox_uplink_up(r->outbox, r->up, session_present);
+}
+
+static void rp_on_packet(void *ud, const struct mqtt_packet *pkt, const uint8_t *raw, size_t len)
+{
+        struct replayer *r = ud;
+
+        /* A PUBLISH for the device's persistent session is left
+         * unacknowledged: the broker keeps it for the device. */
+        if (pkt->type == MQTT_PUBACK || pkt->type == MQTT_PUBREC || pkt->type == MQTT_PUBCOMP)
+                (void) outbox_on_broker_ack(r->outbox, pkt->type, pkt->u.packet_id);
+        if (outbox_idle(r->outbox))
+                replayer_arm(r, 1); /* finish outside the uplink's call */
 }
 
 static void rp_on_lost(void *ud, const char *why)
 {
         struct replayer *r = ud;
 
+        uplink_close(r->up, false);
+        r->up = NULL;
         r->connected = false;
-        outbox_set_upstream(r->outbox, NULL, false);
-        (void) outbox_upstream_lost(r->outbox);
+        (void) outbox_uplink_down(r->outbox, r->clean_session);
         log_debug("replayer for \"%s\": %s", r->client_id, why);
         replayer_retry(r);
 }
 
-static void rp_on_publish(void *ud, int mid)
+static void rp_on_writable(void *ud)
 {
         struct replayer *r = ud;
-
-        outbox_on_published(r->outbox, mid);
-        if (outbox_spooled(r->outbox) == 0)
-                replayer_arm(r, 1); /* finish outside libmosquitto's call chain */
+        outbox_pump(r->outbox);
 }
 
-static void rp_on_message(void *ud, const struct mosquitto_message *msg)
-{
-        /* It subscribes to nothing and has a clean session. */
-}
-
-static void rp_on_subscribe(void *ud, int mid, int n, const int *granted)
-{
-}
-
-static void rp_on_unsubscribe(void *ud, int mid)
-{
-}
-
-static const struct upstream_callbacks replayer_callbacks = {
-        .on_connect = rp_on_connect,
+static const struct uplink_ops replayer_uplink_ops = {
+        .on_connack = rp_on_connack,
+        .on_packet = rp_on_packet,
         .on_lost = rp_on_lost,
-        .on_publish = rp_on_publish,
-        .on_message = rp_on_message,
-        .on_subscribe = rp_on_subscribe,
-        .on_unsubscribe = rp_on_unsubscribe,
+        .on_writable = rp_on_writable,
 };
-
-static void rp_no_ack(void *ud, uint16_t pid, uint8_t qos)
-{
-        /* No device to acknowledge: nothing new is ever published here. */
-}
-
-static const struct outbox_ops replayer_outbox_ops = { .ack = rp_no_ack };
 
 static int replayer_on_timer(sd_event_source *s, uint64_t usec, void *userdata)
 {
         struct replayer *r = userdata;
         const char *why = NULL;
 
-        if (r->done || (r->connected && outbox_spooled(r->outbox) == 0)) {
-                if (!r->done)
-                        log_notice("spool of \"%s\" delivered", r->client_id);
+        if (r->refused) {
+                replayer_free(r);
+                return 0;
+        }
+        if (r->connected && outbox_idle(r->outbox)) {
+                log_notice("spool of \"%s\" delivered", r->client_id);
                 replayer_free(r);
                 return 0;
         }
         if (r->connected)
-                return 0; /* still going: on_publish re-arms */
-        upstream_close(r->up, false);
+                return 0;
+        uplink_close(r->up, false);
         r->up = NULL;
-        struct upstream_params params = {
+        struct uplink_params params = {
                 .client_id = r->client_id,
-                .username = r->username,
-                .password = r->password,
-                .clean_session = true,
-                .keepalive = 60,
+                .username = (const uint8_t *) r->user,
+                .username_len = r->user ? strlen(r->user) : 0,
+                .password = (const uint8_t *) r->pass,
+                .password_len = r->pass_len,
+                /* Never a clean session over the device's persistent one. */
+                .clean_session = r->clean_session,
+                .keepalive = REPLAY_KEEPALIVE,
                 .protocol_level = r->protocol_level,
+                .name = r->client_id,
         };
-        if (upstream_connect(r->b->upstreams, &params, &replayer_callbacks, r, &r->up, &why) < 0) {
+        if (uplink_connect(r->b->uplinks, &params, &replayer_uplink_ops, r, &r->up, &why) < 0) {
                 r->up = NULL;
+                log_debug("replayer for \"%s\": %s", r->client_id, why);
                 replayer_retry(r);
         }
         return 0;
 }
 
-int replayer_start(struct bridge *b, const char *path)
+/* The credentials to replay with: the device's while in memory, else the
+ * configuration's. Returns 0, or -EAGAIN when only the device has them. */
+static int replayer_credentials(struct replayer *r, const struct spool_meta *m, const struct replayer_creds *c)
+{
+        const struct config_bridge *cb = &r->b->cfg.bridge;
+        const uint8_t *du = NULL, *dp = NULL;
+        size_t dul = 0, dpl = 0;
+
+        if (c && c->username) {
+                du = c->username;
+                dul = c->username_len;
+        } else if (m->username) {
+                du = (const uint8_t *) m->username;
+                dul = strlen(m->username);
+        }
+        if (c && c->password) {
+                dp = c->password;
+                dpl = c->password_len;
+        } else if (cb->password_mode == PASSWORD_FROM_DEVICE && m->had_password) {
+                return -EAGAIN;
+        }
+        /* policy_credentials maps the device's to the upstream ones per
+         * username_mode / password_mode, as for a live session; the
+         * upstream username is what the device sent, or the CN. */
+        return policy_credentials(cb, m->identity ? m->identity : m->client_id, du, dul, dp, dpl,
+                                  &r->user, &r->pass, &r->pass_len);
+}
+
+int replayer_start(struct bridge *b, const char *path, const struct replayer_creds *creds)
 {
         const struct config *cfg = &b->cfg;
         struct replayer *r;
@@ -176,7 +210,6 @@ int replayer_start(struct bridge *b, const char *path)
                 return -ENOMEM;
         }
         struct outbox_params p = {
-                .key = path,
                 .name = path,
                 .spool_path = r->path,
                 .spool_max_bytes = cfg->spool.max_bytes_per_device,
@@ -184,36 +217,44 @@ int replayer_start(struct bridge *b, const char *path)
                 .spool_msgs = &b->stats.spool_messages,
                 .spool_total_max = cfg->spool.max_bytes,
                 .max_inflight = cfg->limits.max_inflight_messages,
-                .max_qos0_bytes = 0,
                 .stat_replayed = &b->stats.msgs_replayed,
-                .ops = &replayer_outbox_ops,
-                .ud = r,
         };
         ret = outbox_new(&p, &r->outbox);
         if (ret < 0 || outbox_spooled(r->outbox) == 0) {
                 replayer_free(r);
-                return ret < 0 ? ret : 0;
+                return ret == -EBUSY ? 0 : ret < 0 ? ret : 0;
         }
-        uint64_t waiting = outbox_spooled(r->outbox);
         const struct spool_meta *m = outbox_spool_meta(r->outbox);
-        if (!m) {
+        if (!m || !m->client_id || !m->client_id[0]) {
                 log_warning("spool %s has no record of its device: its messages wait for the device", path);
                 replayer_free(r);
                 return 0;
         }
-        size_t n = strlen(m->client_id) + sizeof "/replay";
-        r->client_id = malloc(n);
-        r->username = m->username ? strdup(m->username) : NULL;
-        r->password = m->password ? strdup(m->password) : NULL;
-        r->protocol_level = m->protocol_level;
-        ret = sd_event_add_time(b->event, &r->timer, CLOCK_MONOTONIC, 0, 100000, replayer_on_timer, r);
-        if (!r->client_id || ret < 0) {
+        r->client_id = strdup(m->client_id);
+        r->clean_session = m->clean_session;
+        r->protocol_level = (uint8_t) m->protocol_level;
+        if (!r->client_id) {
                 replayer_free(r);
-                return ret < 0 ? ret : -ENOMEM;
+                return -ENOMEM;
         }
-        snprintf(r->client_id, n, "%s/replay", m->client_id);
+        ret = replayer_credentials(r, m, creds);
+        if (ret == -EAGAIN) {
+                log_notice("spool of \"%s\" (%llu messages) waits for its device: the password it used is "
+                           "not kept on disk", r->client_id, (unsigned long long) outbox_spooled(r->outbox));
+                replayer_free(r);
+                return 0;
+        }
+        if (ret < 0) {
+                replayer_free(r);
+                return ret;
+        }
+        ret = sd_event_add_time(b->event, &r->timer, CLOCK_MONOTONIC, 0, 100000, replayer_on_timer, r);
+        if (ret < 0) {
+                replayer_free(r);
+                return ret;
+        }
         replayer_arm(r, 1);
-        return waiting > 0;
+        return 1;
 }
 
 void replayer_stop(struct bridge *b, const char *path)
@@ -239,11 +280,10 @@ unsigned replayer_start_all(struct bridge *b)
                 size_t n = strlen(e->d_name);
                 if (n < 7 || strcmp(e->d_name + n - 6, ".spool") != 0)
                         continue;
-                char *path = malloc(strlen(dir) + 1 + n + 1);
-                if (!path)
+                char *path = NULL;
+                if (asprintf(&path, "%s/%s", dir, e->d_name) < 0)
                         break;
-                sprintf(path, "%s/%s", dir, e->d_name);
-                if (replayer_start(b, path) > 0)
+                if (replayer_start(b, path, NULL) > 0)
                         started++;
                 free(path);
         }

@@ -27,14 +27,32 @@ struct spool {
         struct spool_meta meta;
 };
 
-static void spool_meta_clear(struct spool_meta *m)
+void spool_meta_clear(struct spool_meta *m)
 {
+        if (!m)
+                return;
         free(m->client_id);
         free(m->username);
-        if (m->password)
-                OPENSSL_cleanse(m->password, strlen(m->password));
-        free(m->password);
+        free(m->identity);
         memset(m, 0, sizeof *m);
+}
+
+int spool_meta_copy(struct spool_meta *dst, const struct spool_meta *src)
+{
+        *dst = (struct spool_meta){
+                .client_id = src->client_id ? strdup(src->client_id) : NULL,
+                .username = src->username ? strdup(src->username) : NULL,
+                .identity = src->identity ? strdup(src->identity) : NULL,
+                .protocol_level = src->protocol_level,
+                .clean_session = src->clean_session,
+                .had_password = src->had_password,
+        };
+        if ((src->client_id && !dst->client_id) || (src->username && !dst->username) ||
+            (src->identity && !dst->identity)) {
+                spool_meta_clear(dst);
+                return -ENOMEM;
+        }
+        return 0;
 }
 
 /* The file name: the key in hex (readable with xxd -r -p), or its SHA-256
@@ -154,10 +172,15 @@ int spool_open(const char *dir, const char *key, uint64_t max_bytes, struct spoo
         return r;
 }
 
-/* A META record's strings, copied out. */
+/* A META record's strings, copied out. A password in a file written by
+ * an older version is skipped: it is never read back into memory. */
 static int spool_meta_from_record(struct spool_meta *m, const struct spool_record *rec)
 {
-        struct spool_meta n = { .protocol_level = rec->qos & SPOOL_META_MQTT31 ? 3 : 4 };
+        struct spool_meta n = {
+                .protocol_level = rec->qos & SPOOL_META_MQTT31 ? 3 : 4,
+                .clean_session = rec->qos & SPOOL_META_CLEAN,
+                .had_password = rec->qos & SPOOL_META_PASSWORD,
+        };
         const uint8_t *p = rec->payload, *end = rec->payload + rec->payload_len;
         const uint8_t *nul = memchr(p, 0, rec->payload_len);
 
@@ -166,8 +189,11 @@ static int spool_meta_from_record(struct spool_meta *m, const struct spool_recor
                 return -ENOMEM;
         if (rec->qos & SPOOL_META_USERNAME)
                 n.username = strndup((const char *) p, nul ? (size_t) (nul - p) : rec->payload_len);
-        if ((rec->qos & SPOOL_META_PASSWORD) && nul)
-                n.password = strndup((const char *) nul + 1, (size_t) (end - nul - 1));
+        if ((rec->qos & SPOOL_META_IDENTITY) && nul) {
+                const uint8_t *nul2 = memchr(nul + 1, 0, (size_t) (end - nul - 1));
+                if (nul2)
+                        n.identity = strndup((const char *) nul2 + 1, (size_t) (end - nul2 - 1));
+        }
         spool_meta_clear(m);
         *m = n;
         return 0;
@@ -250,13 +276,13 @@ fail:
         return r;
 }
 
-/* Append a META record for s->meta. */
+/* Append a META record for s->meta: "username\0\0identity". */
 static int spool_write_meta(struct spool *s)
 {
         const struct spool_meta *m = &s->meta;
         size_t ulen = m->username ? strlen(m->username) : 0;
-        size_t plen = m->password ? strlen(m->password) : 0;
-        size_t len = ulen + 1 + plen;
+        size_t ilen = m->identity ? strlen(m->identity) : 0;
+        size_t len = ulen + 2 + ilen;
         uint8_t *payload = malloc(len), *buf = NULL;
         int r;
 
@@ -265,12 +291,15 @@ static int spool_write_meta(struct spool *s)
         if (ulen)
                 memcpy(payload, m->username, ulen);
         payload[ulen] = 0;
-        if (plen)
-                memcpy(payload + ulen + 1, m->password, plen);
+        payload[ulen + 1] = 0;
+        if (ilen)
+                memcpy(payload + ulen + 2, m->identity, ilen);
         struct spool_record rec = {
                 .type = SPOOL_META,
-                .qos = (uint8_t) ((m->username ? SPOOL_META_USERNAME : 0) | (m->password ? SPOOL_META_PASSWORD : 0) |
-                                  (m->protocol_level == 3 ? SPOOL_META_MQTT31 : 0)),
+                .qos = (uint8_t) ((m->username ? SPOOL_META_USERNAME : 0) | SPOOL_META_IDENTITY |
+                                  (m->protocol_level == 3 ? SPOOL_META_MQTT31 : 0) |
+                                  (m->clean_session ? SPOOL_META_CLEAN : 0) |
+                                  (m->had_password ? SPOOL_META_PASSWORD : 0)),
                 .topic = (const uint8_t *) m->client_id,
                 .topic_len = (uint16_t) strlen(m->client_id),
                 .payload = payload,
@@ -281,10 +310,6 @@ static int spool_write_meta(struct spool *s)
         r = buf ? spool_record_encode(buf, rlen, &rec) : -ENOMEM;
         if (r >= 0)
                 r = spool_write_record(s, buf, rlen);
-        if (payload)
-                OPENSSL_cleanse(payload, len);
-        if (buf)
-                OPENSSL_cleanse(buf, rlen);
         free(payload);
         free(buf);
         if (r < 0)
@@ -293,19 +318,14 @@ static int spool_write_meta(struct spool *s)
         return 0;
 }
 
-int spool_set_meta(struct spool *s, const char *client_id, const char *username, const char *password,
-                   int protocol_level)
+int spool_set_meta(struct spool *s, const struct spool_meta *m)
 {
-        struct spool_meta n = {
-                .client_id = strdup(client_id),
-                .username = username ? strdup(username) : NULL,
-                .password = password ? strdup(password) : NULL,
-                .protocol_level = protocol_level,
-        };
-        if (!n.client_id || (username && !n.username) || (password && !n.password)) {
-                spool_meta_clear(&n);
+        struct spool_meta n;
+
+        if (!m->client_id || strlen(m->client_id) > 65535)
+                return -EINVAL;
+        if (spool_meta_copy(&n, m) < 0)
                 return -ENOMEM;
-        }
         spool_meta_clear(&s->meta);
         s->meta = n;
         s->has_meta = true;

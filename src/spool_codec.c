@@ -72,7 +72,7 @@ int spool_record_encode(uint8_t *buf, size_t cap, const struct spool_record *r)
 
         if (r->type != SPOOL_MESSAGE && r->type != SPOOL_ACKED && r->type != SPOOL_META)
                 return -EINVAL;
-        if (r->type == SPOOL_MESSAGE ? r->qos > 2 : r->type == SPOOL_META && r->qos > 7)
+        if (r->type == SPOOL_MESSAGE ? r->qos > 2 : r->type == SPOOL_META && r->qos > 0x1f)
                 return -EINVAL;
         blen = body_len(r);
         if (blen > SPOOL_MAX_BODY)
@@ -126,7 +126,7 @@ int spool_record_decode(const uint8_t *buf, size_t len, struct spool_record *r, 
                 if (blen != 12 || b[1] || b[2] || b[3])
                         return -EBADMSG;
         } else if (r->type == SPOOL_MESSAGE || r->type == SPOOL_META) {
-                if (b[1] > (r->type == SPOOL_MESSAGE ? 2 : 7) || b[2] > 1 || b[3] || blen < 18)
+                if (b[1] > (r->type == SPOOL_MESSAGE ? 2 : 0x1f) || b[2] > 1 || b[3] || blen < 18)
                         return -EBADMSG;
                 if (r->type == SPOOL_META && b[2])
                         return -EBADMSG;

@@ -98,7 +98,10 @@ class Mosquitto:
     """mosquitto 2.0 with a mutual-TLS listener and a password file, like
     the Raspberry Pi in issue 2, plus an optional Unix socket listener."""
 
-    def __init__(self, pki, workdir, users, unix_socket=False, persistence=False):
+    def __init__(self, pki, workdir, users, unix_socket=False, persistence=False, extra=(),
+                 listener_extra=()):
+        """extra: lines for the broker as a whole; listener_extra: lines
+        for its TLS listener (per_listener_settings is on)."""
         self.persistence = persistence
         self.pki = pki
         self.dir = workdir
@@ -117,7 +120,7 @@ class Mosquitto:
             "log_type all",
             "persistence %s" % ("true" if persistence else "false"),
             "persistence_location %s/" % workdir,
-        ]
+        ] + list(extra)
         if IS_ROOT:
             lines.append("user root")
         lines += [
@@ -128,7 +131,7 @@ class Mosquitto:
             "require_certificate true",
             "allow_anonymous false",
             "password_file %s" % self.passwd,
-        ]
+        ] + list(listener_extra)
         if self.unix_path:
             lines += ["listener 0 %s" % self.unix_path, "allow_anonymous true"]
         with open(self.conf, "w") as f:
@@ -348,6 +351,8 @@ class BridgeTestCase(unittest.TestCase):
     bridge_sections = None
     upstream_unix = False
     persistence = False
+    mosquitto_extra = ()
+    mosquitto_listener_extra = ()
     users = {
         "observer": "observer-pw",
         "sensor-1": "pw-1",
@@ -362,7 +367,8 @@ class BridgeTestCase(unittest.TestCase):
         os.chmod(cls.tmp, 0o755)
         cls.pki = TestPki(os.path.join(cls.tmp, "pki"))
         cls.mosquitto = Mosquitto(cls.pki, cls.tmp, cls.users, unix_socket=True,
-                                  persistence=cls.persistence)
+                                  persistence=cls.persistence, extra=cls.mosquitto_extra,
+                                  listener_extra=cls.mosquitto_listener_extra)
         cls.bridge = Bridge(cls.pki, cls.tmp, cls.mosquitto, cls.bridge_sections, cls.upstream_unix)
         try:
             cls.mosquitto.start()

@@ -327,6 +327,7 @@ static void test_syntax_variants(void **state)
                  "[bridge]\r\n"
                  "client_id_prefix =\r\n"
                  "mountpoint = d/%%%%/%%i/\r\n"
+                 "clientid_must_match_cn = true\r\n"
                  "[log]\r\n"
                  "level = warning",
                  p_crt, p_key, p_ca);
@@ -671,6 +672,25 @@ static void test_bridge(void **state)
                       "password_mode = fixed\npassword = p ; inline comment\n");
         assert_string_equal(cfg.bridge.mountpoint, "devices/%c/%i/");
         assert_string_equal(cfg.bridge.password, "p");
+        config_free(&cfg);
+        /* identity is the certificate: %c binds client ids to the CN by
+         * default, %i needs them bound, "%%i" is a literal and does not */
+        load_ok(&cfg, "[bridge]\nmountpoint = devices/%c/\n");
+        assert_true(cfg.bridge.clientid_must_match_cn);
+        assert_false(cfg.bridge.allow_clientid_takeover);
+        config_free(&cfg);
+        load_ok(&cfg, "[bridge]\nmountpoint = devices/%c/\nclientid_must_match_cn = false\n");
+        assert_false(cfg.bridge.clientid_must_match_cn);
+        config_free(&cfg);
+        load_ok(&cfg, "[bridge]\nmountpoint = devices/%%i/\n");
+        assert_false(cfg.bridge.clientid_must_match_cn);
+        config_free(&cfg);
+        load_bad("[bridge]\nmountpoint = devices/%i/\n", -EINVAL,
+                 "t.ini:6: [bridge] mountpoint: 'devices/%i/': %i (the client id) needs clientid_must_match_cn = true");
+        load_bad("[bridge]\nmountpoint = d/%c/%i/\nclientid_must_match_cn = false\n", -EINVAL,
+                 "t.ini:6: [bridge] mountpoint: 'd/%c/%i/': %i (the client id) needs");
+        load_ok(&cfg, "[bridge]\nallow_clientid_takeover = true\n");
+        assert_true(cfg.bridge.allow_clientid_takeover);
         config_free(&cfg);
         /* an empty mountpoint is none */
         load_ok(&cfg, "[bridge]\nmountpoint =\n");
