@@ -81,8 +81,7 @@ struct uplink {
         struct sockaddr_storage bind_addr;
         socklen_t bind_len;
         char *tls_name;                 /* verified against the SAN; NULL: the context's */
-        char peer[INET6_ADDRSTRLEN + 16 > sizeof(struct sockaddr_un) ? INET6_ADDRSTRLEN + 16
-                                                                      : sizeof(struct sockaddr_un)];
+        char peer[sizeof(((struct sockaddr_un *) 0)->sun_path) + 8]; /* "[v6]:port" or a path */
         char *name, *client_id;         /* for log lines */
 };
 
@@ -481,8 +480,12 @@ static void uplink_on_connack(struct uplink *u, const struct mqtt_packet *pkt)
                 /* §3.2.2.3: the server closes the connection after a
                  * refusal; so do we, right after the owner heard it. */
                 ops->on_connack(u->ud, rc, sp);
-                if (uplink_alive(u))
-                        uplink_teardown(u);
+                if (!uplink_alive(u))
+                        return;
+                if (u->ops)
+                        uplink_teardown(u);     /* the owner still calls uplink_close() */
+                else
+                        uplink_doom(u);         /* it did, even gracefully: nothing to say */
                 return;
         }
         u->state = UPLINK_CONNECTED;
@@ -757,8 +760,11 @@ static void uplink_transport_up(struct uplink *u)
         if (u->ctx) {
                 r = tls_conn_init_client(&u->tc, u->ctx, u->fd, u->tls_name);
                 if (r < 0) {
-                        uplink_lost(u, r == -ENOMEM ? "out of memory for TLS"
-                                                    : "[upstream] server_name is not usable for TLS");
+                        if (r == -ENOMEM)
+                                uplink_lost(u, "out of memory for TLS");
+                        else
+                                uplink_lost(u, "[upstream] server_name \"%s\" is not usable for TLS",
+                                            u->tls_name);
                         return;
                 }
                 u->tls = true;
@@ -939,6 +945,10 @@ int uplink_connect(struct uplink_pool *p, const struct uplink_params *params,
         int r;
 
         *why = p->why;
+        if (!cfg || !cfg->host || !params) {
+                snprintf(p->why, sizeof p->why, "uplink_connect: no [upstream] host or no parameters");
+                return -EINVAL;
+        }
         if (!ops || !ops->on_connack || !ops->on_packet || !ops->on_lost) {
                 snprintf(p->why, sizeof p->why, "uplink_connect: missing callbacks");
                 return -EINVAL;
