@@ -137,6 +137,7 @@ class FakeBroker:
             script(self, conn)
         except OSError:
             pass
+        conn.close()    # as a broker does after DISCONNECT (§3.14.4)
 
     def read_packets(self, conn, until_eof=True):
         buf = b""
@@ -248,7 +249,7 @@ class UplinkTest(unittest.TestCase):
     def test_connect_graceful_disconnect(self):
         p = self.run_probe("connect", "--port", self.plain, "--client-id", "u-graceful")
         self.assertIn("connack rc=0 sp=0", p.lines)
-        self.assertEqual(p.lines[-1], "done")
+        self.assertEqual(p.lines[-2:], ["done", "fds ok"])
         self.wait_broker_log(r"Received DISCONNECT from u-graceful")
 
     def test_connack_refused(self):
@@ -334,6 +335,14 @@ class UplinkTest(unittest.TestCase):
             self.assertEqual(sorted(obs.next_publish()[1] for _ in range(3)), [b"qos0", b"qos1", b"qos2"])
         finally:
             obs.close()
+
+    def test_control_character_client_id(self):
+        """What made libmosquitto close fd 0 (eclipse/mosquitto#2326): here
+        the broker judges the id, and no foreign descriptor is touched."""
+        p = self.run_probe("connect", "--port", self.plain, "--client-id", "x\x01a", rc=None)
+        self.assertIn(p.rc, (0, 3), repr(p))
+        self.assertTrue(p.find("connack rc=2") or p.find("lost why=the broker at"), repr(p))
+        self.assertIn("fds ok", p.lines)
 
     def test_host_name_and_bind_address(self):
         # "localhost" goes through getaddrinfo (maybe ::1 first, where
@@ -480,6 +489,22 @@ class UplinkTest(unittest.TestCase):
             fb.read_packets(conn)
         p, _, _ = self.fake(script)
         self.assertRegex(self.lost_reason(p), r"^malformed PUBACK from the broker: ")
+
+    def test_close_inside_on_packet(self):
+        """Three PUBLISHes in one segment; the owner closes at the first:
+        no callback after uplink_close, and the close is what was asked."""
+        three = b"".join(rawmqtt.publish("t", b"m%d" % i, qos=1, pid=i) for i in (1, 2, 3))
+        for mode, last in (("graceful", rawmqtt.DISCONNECT), ("abrupt", None)):
+            def script(fb, conn):
+                conn.recv(4096)
+                conn.sendall(CONNACK_OK + three)
+                fb.read_packets(conn)
+            p, _, fb = self.fake(script, "--count", "1", "--ack", "0", "--close", mode, rc=0)
+            self.assertEqual([l.split("payload=")[1] for l in p.find("publish")], ["m1"], repr(p))
+            self.assertFalse(p.find("lost"), repr(p))
+            self.assertEqual(fb.received[-1:] if last else [x for x in fb.received if x == rawmqtt.DISCONNECT],
+                             [last] if last else [], "%s close: broker got %r" % (mode, fb.received))
+            self.assertNotIn(rawmqtt.PUBACK, fb.received)
 
     def test_broker_closes(self):
         def script(fb, conn):

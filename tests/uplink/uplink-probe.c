@@ -25,6 +25,7 @@
  *   wait       connect and wait for whatever the broker does
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -425,5 +426,13 @@ int main(int argc, char **argv)
         r = sd_event_loop(st.event);
         uplink_pool_free(st.pool);
         st.event = sd_event_unref(st.event);
+        /* libmosquitto 2.0.11 closed fd 0 on a bad client id: the uplink
+         * must never touch a descriptor it did not open. */
+        for (int fd = 0; fd <= 2; fd++)
+                if (fcntl(fd, F_GETFD) < 0) {
+                        printf("fd %d closed\n", fd);
+                        return 6;
+                }
+        printf("fds ok\n");
         return r < 0 ? 2 : r;
 }
