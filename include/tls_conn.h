@@ -2,7 +2,9 @@
 #pragma once
 
 /*
- * tls_conn — one non-blocking OpenSSL server connection on a socket.
+ * tls_conn — one non-blocking OpenSSL connection on a socket: the server
+ * side for devices (tls_conn_init), the client side for the upstream link
+ * (tls_conn_init_client).
  *
  * Level-triggered use: after every call, ask tls_conn_poll_events() which
  * epoll events to wait for. The read-wants-write / write-wants-read cases
@@ -35,13 +37,27 @@ struct tls_conn {
 /* Wrap fd with a new SSL from ctx, server side. Returns 0 or -ENOMEM. */
 int tls_conn_init(struct tls_conn *c, SSL_CTX *ctx, int fd);
 
+/*
+ * Wrap fd with a new SSL from ctx, client side. name (may be NULL: keep
+ * what ctx says) is the host name or IP literal the peer's certificate
+ * must carry in its subjectAltName (X509_VERIFY_PARAM_set1_host /
+ * set1_ip_asc on this SSL, the same check tls_client_ctx_new puts on the
+ * context); a host name is also sent as SNI (RFC 6066 §3 forbids IP
+ * literals there). Partial writes and a moving write buffer are allowed,
+ * so the caller may write from a buffer that grows between retries.
+ * Returns 0, -ENOMEM, or -EINVAL (name is neither a host name nor an IP).
+ */
+int tls_conn_init_client(struct tls_conn *c, SSL_CTX *ctx, int fd, const char *name);
+
 /* Free the SSL (no close_notify is sent). NULL-safe, idempotent. */
 void tls_conn_done(struct tls_conn *c);
 
 /*
  * Drive the handshake. Returns 1 when complete, 0 when it needs more I/O
  * (see tls_conn_poll_events), or a negative errno on failure with a reason
- * (OpenSSL's, or the certificate verification error) in why.
+ * (OpenSSL's, or the certificate verification error) in why. On the
+ * client side a rejected server certificate reads "certificate verify
+ * failed: " and OpenSSL's verification error ("hostname mismatch", ...).
  */
 int tls_conn_handshake(struct tls_conn *c, char *why, size_t whylen);
 

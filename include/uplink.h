@@ -93,6 +93,10 @@ void uplink_pool_free(struct uplink_pool *p);
 /* Settings and TLS context for links connected from now on (reload). cfg
  * borrowed as above; ctx referenced. */
 void uplink_pool_set_config(struct uplink_pool *p, const struct config_upstream *cfg, SSL_CTX *ctx);
+/* The largest packet accepted from the broker, fixed header included
+ * (0: the default, 256 KiB = [limits] max_packet_size's default). A larger
+ * one ends the link with a reason. Applies to every link at once. */
+void uplink_pool_set_max_packet(struct uplink_pool *p, size_t max_packet);
 /* Links open, and of those, past CONNACK 0. */
 void uplink_pool_count(const struct uplink_pool *p, unsigned *open, unsigned *connected);
 

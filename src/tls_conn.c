@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <openssl/err.h>
+#include <openssl/x509v3.h>
 
 #include "tls_conn.h"
 
@@ -18,6 +20,39 @@ int tls_conn_init(struct tls_conn *c, SSL_CTX *ctx, int fd)
         SSL_set_accept_state(c->ssl);
         tls_server_attach_verify_info(c->ssl, &c->verify);
         return 0;
+}
+
+int tls_conn_init_client(struct tls_conn *c, SSL_CTX *ctx, int fd, const char *name)
+{
+        unsigned char addr[16];
+
+        memset(c, 0, sizeof *c);
+        c->fd = fd;
+        c->ssl = SSL_new(ctx);
+        if (!c->ssl)
+                return -ENOMEM;
+        SSL_set_fd(c->ssl, fd);
+        SSL_set_connect_state(c->ssl);
+        SSL_set_mode(c->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        if (!name || !name[0])
+                return 0;
+        X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
+        if (inet_pton(AF_INET, name, addr) == 1 || inet_pton(AF_INET6, name, addr) == 1) {
+                /* RFC 6066 §3: "Literal IPv4 and IPv6 addresses are not
+                 * permitted in HostName": no SNI, the SAN iPAddress check. */
+                if (X509_VERIFY_PARAM_set1_ip_asc(param, name) != 1)
+                        goto fail;
+        } else {
+                X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+                if (X509_VERIFY_PARAM_set1_host(param, name, 0) != 1 ||
+                    SSL_set_tlsext_host_name(c->ssl, name) != 1)
+                        goto fail;
+        }
+        return 0;
+fail:
+        ERR_clear_error();
+        tls_conn_done(c);
+        return -EINVAL;
 }
 
 void tls_conn_done(struct tls_conn *c)
@@ -60,7 +95,10 @@ static int tls_conn_error(struct tls_conn *c, int ret, char *why, size_t whylen)
         default:
                 c->failed = true;
                 e = ERR_peek_last_error();
-                if (c->verify.reason[0])
+                if (!SSL_is_server(c->ssl) && SSL_get_verify_result(c->ssl) != X509_V_OK)
+                        snprintf(why, whylen, "certificate verify failed: %s",
+                                 X509_verify_cert_error_string(SSL_get_verify_result(c->ssl)));
+                else if (c->verify.reason[0])
                         snprintf(why, whylen, "%s", c->verify.reason);
                 else if (e && ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
                         snprintf(why, whylen, "no client certificate");
