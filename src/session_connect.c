@@ -221,6 +221,14 @@ static void session_admit(struct session *s, bool session_present)
                 return;
         }
         session_send_connack(s, session_present, MQTT_CONNACK_ACCEPTED);
+        {
+                struct log_fields f = session_fields(s, NULL);
+                log_msg(LOG_LEVEL_INFO, &f,
+                        "device connected (MQTT %s, keepalive %us, clean session %s, session present %s%s)",
+                        s->protocol_level == MQTT_PROTOCOL_LEVEL_31 ? "3.1" : "3.1.1", s->keepalive,
+                        s->clean_session ? "yes" : "no", session_present ? "yes" : "no",
+                        s->up_connected ? "" : ", broker away");
+        }
         s->state = S_ACTIVE;
         s->counted_device = true;
         s->b->n_devices++;
@@ -255,19 +263,21 @@ static void up_on_connack(void *ud, uint8_t rc, bool session_present)
         struct session *s = ud;
 
         if (rc != MQTT_CONNACK_ACCEPTED) {
-                struct log_fields f = session_fields(s, "refused by the broker");
+                struct log_fields f = session_fields(s, NULL);
                 s->up = NULL; /* closed by the uplink after this returns */
                 s->up_connected = false;
                 if (s->state == S_UPLINK_CONNECTING) {
-                        log_msg(LOG_LEVEL_NOTICE, &f, "the broker refused the device's CONNECT with CONNACK %u", rc);
+                        log_msg(LOG_LEVEL_NOTICE, &f, "device refused by the upstream broker: CONNACK %u", rc);
                         session_takeover_failed(s);
-                        session_refuse(s, rc, "refused by the broker");
+                        /* §3.2.2.3: the broker's refusal, passed on. */
+                        session_refuse(s, rc > 5 ? MQTT_CONNACK_SERVER_UNAVAILABLE : rc, "refused by the broker");
                 } else {
                         /* Accepted offline, or the broker changed its mind
                          * after a restart: the device learns it from the
                          * broker's own answer when it connects again. */
-                        log_msg(LOG_LEVEL_NOTICE, &f, "the broker refused the uplink with CONNACK %u", rc);
-                        session_close(s, LOG_LEVEL_NOTICE, "refused by the broker on reconnect");
+                        char why[64];
+                        snprintf(why, sizeof why, "upstream refused on reconnect: CONNACK %u", rc);
+                        session_close(s, LOG_LEVEL_WARNING, why);
                 }
                 return;
         }
@@ -280,7 +290,8 @@ static void up_on_connack(void *ud, uint8_t rc, bool session_present)
                         return;
         } else {
                 struct log_fields f = session_fields(s, NULL);
-                log_msg(LOG_LEVEL_INFO, &f, "uplink connected again%s", session_present ? " (session present)" : "");
+                log_msg(LOG_LEVEL_NOTICE, &f, "upstream connection restored, %llu spooled message%s to send",
+                        (unsigned long long) outbox_spooled(s->outbox), outbox_spooled(s->outbox) == 1 ? "" : "s");
         }
         session_up_resync(s, session_present);
         session_flush(s);

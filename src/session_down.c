@@ -66,6 +66,8 @@ void session_down_on_packet(struct session *s, const struct mqtt_packet *pkt)
         if (s->state == S_ACTIVE && session_out_full(s) && !s->uplink_paused && s->up) {
                 /* The device reads slowly: slow its uplink down, not the
                  * bridge's memory up. */
+                struct log_fields f = session_fields(s, "output over max_queued_bytes");
+                log_msg(LOG_LEVEL_DEBUG, &f, "device reads slowly: its uplink is paused, the broker keeps the rest");
                 s->uplink_paused = true;
                 uplink_pause_input(s->up, true);
         }

@@ -87,7 +87,8 @@ void session_on_publish(struct session *s, const struct mqtt_publish *p)
                 /* MQTT 3.1.1 has no negative acknowledgement; like
                  * mosquitto's ACL, acknowledge (in order) and drop. */
                 struct log_fields f = session_fields(s, "topic outside the mountpoint");
-                log_msg(LOG_LEVEL_WARNING, &f, "PUBLISH denied");
+                log_msg(LOG_LEVEL_WARNING, &f, "PUBLISH to \"%.*s\" denied", (int) p->topic.len,
+                        (const char *) p->topic.data);
                 s->b->stats.publishes_denied++;
                 if (p->qos > 0 && outbox_refuse(s->outbox, p->packet_id, p->qos) < 0)
                         session_close(s, LOG_LEVEL_ERR, "out of memory");
@@ -236,7 +237,8 @@ static int session_map_filters(struct session *s, const struct mqtt_list *l, cha
                         return -ENOMEM;
                 if (r < 0) {
                         struct log_fields lf = session_fields(s, "filter outside the mountpoint");
-                        log_msg(LOG_LEVEL_WARNING, &lf, "subscription filter refused");
+                        log_msg(LOG_LEVEL_WARNING, &lf, "subscription to \"%.*s\" refused", (int) f.len,
+                                (const char *) f.data);
                         mapped[i] = NULL;
                 }
                 i++;

@@ -151,9 +151,10 @@ class TestConnect(ConformanceBase):
     # client id takes over; the old one is closed (no endless flapping).
     def test_client_id_takeover_closes_the_old_connection(self):
         # §3.1.4 [MQTT-3.1.4-2]: a second client with the same id makes
-        # the server disconnect the first.
+        # the server disconnect the first (the same device: another
+        # certificate is refused, test_relay.py).
         a = self.raw_connected("conf-takeover")
-        b = self.raw_connected("conf-takeover", name="sensor-2")
+        b = self.raw_connected("conf-takeover", name="sensor-1")
         self.assertTrue(a.wait_closed(5), "the first connection was not closed")
         a.close()
         b.send(m.PINGREQ_PKT)
@@ -465,9 +466,10 @@ class TestBoundedMemory(ConformanceBase):
             # (the plain build runs these).
             self.skipTest("RSS is not meaningful under AddressSanitizer")
 
-    def test_device_that_never_reads_queue_bounded_and_drop_logged(self):
-        # A subscriber that never reads: messages for it stop at
-        # max_queued_bytes (default 1 MiB), the drop is logged.
+    def test_device_that_never_reads_memory_bounded_nothing_dropped(self):
+        # A subscriber that never reads: the bridge holds at most the
+        # broker's in-flight window (or max_queued_bytes, then its uplink is
+        # paused); the broker keeps the rest, nothing is dropped.
         c = self.raw_connected("conf-deaf", rcvbuf=4096)
         c.send(m.subscribe(1, [("conf/deaf", 1)]))
         c.expect(m.SUBACK)
@@ -479,8 +481,7 @@ class TestBoundedMemory(ConformanceBase):
         p.communicate("".join(line + "\n" for _ in range(3000)), timeout=60)  # 30 MB
         time.sleep(1)
         after = self.rss_kb()
-        self.bridge.wait_log(r'client_id="conf-deaf".*queue full \(max_queued_bytes\)|'
-                             r'dropped a QoS 1 message on conf/deaf.*client_id="conf-deaf"', 10)
+        self.assertNotRegex(self.bridge.text(), r'dropped.*conf/deaf')
         self.assertLess(after - before, 12 * 1024, "RSS grew %d kB for 30 MB sent to a deaf device"
                         % (after - before))
         c.close()
