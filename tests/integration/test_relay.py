@@ -329,7 +329,8 @@ class TestSlowDevice(RelayBase):
 
 class TestReplayIdentity(RelayBase):
     """Replay for an absent device as the device itself: a %c ACL applies,
-    a persistent session survives, and no password reaches the disk."""
+    a persistent session survives (also with use_username_as_clientid),
+    and no password reaches the disk."""
 
     acl = None
     persistence = True
@@ -344,7 +345,9 @@ class TestReplayIdentity(RelayBase):
         with open(cls.acl, "w") as f:
             f.write("user observer\ntopic readwrite #\n\npattern readwrite sensors/%c/#\n")
         os.chmod(cls.acl, 0o644)
-        cls.mosquitto_listener_extra = ("acl_file %s" % cls.acl,)
+        # use_username_as_clientid: a replay under any other client id, or
+        # with a clean session, would take the device's session over.
+        cls.mosquitto_listener_extra = ("acl_file %s" % cls.acl, "use_username_as_clientid true")
         super().setUpClass()
 
     def spool_files(self):
