@@ -15,17 +15,6 @@
 #include "config.h"
 
 /*
- * Expand a mountpoint template for one device: "%c" → certificate CN,
- * "%i" → device client id, "%%" → "%". The result must be a valid topic
- * prefix: valid UTF-8, no '+' or '#', and the expanded CN/client id must
- * not contain '/', '+', '#' or be "." / ".." (a CN of "../x" would escape
- * the mountpoint). Returns 0 and *out (malloc'ed; NULL when template is
- * NULL or empty), or -EINVAL with *why set.
- */
-int policy_mountpoint_expand(const char *template, const char *cn, const char *client_id,
-                             char **out, const char **why);
-
-/*
  * A topic name the device PUBLISHes, mapped to the upstream topic:
  * mountpoint + topic. Refuses (-EPERM) a topic that would leave the
  * mountpoint: one starting with '$' when a mountpoint is set, or containing

@@ -31,7 +31,7 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "policy.h"
+#include "mountpoint.h"
 
 /* Far above any sane configuration; stops a wrong --config (a log file, a
  * device node) from being slurped whole. */
@@ -624,7 +624,7 @@ static int validate(struct load_state *st)
         } else if (cfg->bridge.password)
                 return fail(st, -EINVAL, st->seen[K_B_PASSWORD], &keys[K_B_PASSWORD],
                             "set, but only used with password_mode = fixed");
-        r = policy_mountpoint_expand(cfg->bridge.mountpoint, "cn", "client", &mp, &why);
+        r = mountpoint_expand(cfg->bridge.mountpoint, "cn", "client", &mp, &why);
         free(mp);
         if (r == -ENOMEM)
                 return fail(st, r, 0, NULL, "%s", strerror(ENOMEM));

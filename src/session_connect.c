@@ -21,6 +21,7 @@
 #include <openssl/crypto.h>
 
 #include "outbox.h"
+#include "mountpoint.h"
 #include "policy.h"
 #include "replayer.h"
 #include "session_internal.h"
@@ -515,7 +516,7 @@ void session_on_connect(struct session *s, const struct mqtt_connect *c)
                 else
                         snprintf(s->cn, sizeof s->cn, "%s", s->client_id);
         }
-        r = policy_mountpoint_expand(cfg->bridge.mountpoint, s->cn, s->client_id, &s->mountpoint, &why);
+        r = mountpoint_expand(cfg->bridge.mountpoint, s->cn, s->client_id, &s->mountpoint, &why);
         if (r < 0) {
                 session_refuse(s, MQTT_CONNACK_NOT_AUTHORIZED, why ? why : "mountpoint does not apply to this device");
                 return;

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mountpoint.h"
 #include "policy.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -140,7 +141,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const uint8_t *rest = p;
         size_t rlen = (size_t) (end - p);
 
-        if (policy_mountpoint_expand(tmpl, (flags & 1) ? NULL : cn, id, &mp, &why) == 0) {
+        if (mountpoint_expand(tmpl, (flags & 1) ? NULL : cn, id, &mp, &why) == 0) {
                 if (mp) {
                         size_t len = strlen(mp);
 

@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "mountpoint.h"
 #include "policy.h"
 
 #define U(s) ((const uint8_t *) (s))
@@ -20,7 +21,7 @@ static void expand_ok(const char *tmpl, const char *cn, const char *id, const ch
         const char *why = "unset";
         char *out = (char *) 1;
 
-        assert_int_equal(policy_mountpoint_expand(tmpl, cn, id, &out, &why), 0);
+        assert_int_equal(mountpoint_expand(tmpl, cn, id, &out, &why), 0);
         assert_null(why);
         if (want)
                 assert_string_equal(out, want);
@@ -34,7 +35,7 @@ static void expand_bad(const char *tmpl, const char *cn, const char *id)
         const char *why = NULL;
         char *out = (char *) 1;
 
-        assert_int_equal(policy_mountpoint_expand(tmpl, cn, id, &out, &why), -EINVAL);
+        assert_int_equal(mountpoint_expand(tmpl, cn, id, &out, &why), -EINVAL);
         assert_non_null(why);
         assert_null(out);
 }
@@ -105,7 +106,7 @@ static void test_mountpoint_too_long(void **state)
         assert_non_null(cn);
         memset(cn, 'a', 69999);
         cn[69999] = '\0';
-        assert_int_equal(policy_mountpoint_expand("d/%c/", cn, NULL, &out, &why), -EINVAL);
+        assert_int_equal(mountpoint_expand("d/%c/", cn, NULL, &out, &why), -EINVAL);
         assert_non_null(why);
         assert_null(out);
         free(cn);
@@ -270,7 +271,7 @@ static void test_round_trip(void **state)
         char *mp = NULL;
 
         (void) state;
-        assert_int_equal(policy_mountpoint_expand("devices/%c/", "esp-01", "id", &mp, &why), 0);
+        assert_int_equal(mountpoint_expand("devices/%c/", "esp-01", "id", &mp, &why), 0);
         for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
                 char *up = NULL;
                 size_t off;
