@@ -90,6 +90,7 @@ struct config_limits {
         unsigned max_inflight_messages; /* per device and direction, default 20 */
         size_t max_queued_bytes;      /* per device, outgoing to the device, default 1048576 */
         unsigned max_keepalive;       /* seconds; a device asking for more (or 0) gets this, default 65535 */
+        unsigned max_subscriptions;   /* per device, default 1000 (0 = unlimited) */
 };
 
 struct config_spool {

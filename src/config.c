@@ -75,7 +75,7 @@ enum {
         K_U_TLSVER, K_U_CIPHERS, K_U_BIND, K_U_CONN_TIMEOUT,
         K_B_PREFIX, K_B_USERMODE, K_B_USERNAME, K_B_PASSMODE, K_B_PASSWORD, K_B_MOUNTPOINT,
         K_B_MATCHCN, K_B_TAKEOVER, K_B_USER,
-        K_M_MAXCONN, K_M_PACKET, K_M_INFLIGHT, K_M_QUEUED, K_M_KEEPALIVE,
+        K_M_MAXCONN, K_M_PACKET, K_M_INFLIGHT, K_M_QUEUED, K_M_KEEPALIVE, K_M_SUBS,
         K_S_DIR, K_S_MAX, K_S_MAX_DEV,
         K_X_ENABLED, K_X_BIND, K_X_PORT,
         K_G_LEVEL, K_G_TARGET,
@@ -127,6 +127,7 @@ static const struct key_desc keys[N_KEYS] = {
         [K_M_QUEUED] = { "limits", "max_queued_bytes", KEY_SIZE, OFF(limits.max_queued_bytes), 64, 1ull << 40, false },
         /* §3.1.2.10: keepalive is a 16-bit number of seconds. */
         [K_M_KEEPALIVE] = { "limits", "max_keepalive", KEY_UINT, OFF(limits.max_keepalive), 1, 65535, false },
+        [K_M_SUBS] = { "limits", "max_subscriptions", KEY_UINT, OFF(limits.max_subscriptions), 0, 10000000, false },
 
         [K_S_DIR] = { "spool", "directory", KEY_OPTSTRING, OFF(spool.directory), 0, 0, false },
         [K_S_MAX] = { "spool", "max_bytes", KEY_SIZE, OFF(spool.max_bytes), 4096, 1ull << 44, false },
@@ -841,6 +842,7 @@ int config_init(struct config *cfg)
         cfg->limits.max_inflight_messages = 20;
         cfg->limits.max_queued_bytes = 1048576;
         cfg->limits.max_keepalive = 65535;
+        cfg->limits.max_subscriptions = 1000;
 
         cfg->spool.directory = strdup("/var/lib/mqtt-edge-bridge");
         cfg->spool.max_bytes = 268435456;

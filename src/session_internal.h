@@ -28,6 +28,7 @@
 #include "log.h"
 #include "mqtt_codec.h"
 #include "session.h"
+#include "sub_table.h"
 #include "tls_conn.h"
 #include "uplink.h"
 
@@ -41,14 +42,6 @@ enum session_state {
         S_ACTIVE,               /* CONNACK 0 sent */
         S_FLUSHING,             /* last packets (a refusing CONNACK) going out, then close */
         S_CLOSED,               /* on the reap list */
-};
-
-/* A subscription in upstream form, to make again when the broker lost it
- * (a clean upstream session after a reconnect, or one made offline). */
-struct sub_rec {
-        char *filter;
-        uint8_t qos;
-        bool sent;              /* the broker has it */
 };
 
 /* A SUBSCRIBE or UNSUBSCRIBE in flight upstream. dev_pid 0: the bridge's
@@ -108,8 +101,7 @@ struct session {
         struct outbox *outbox;    /* device → broker, with the spool */
         char *spool_path;
 
-        struct sub_rec *srec;
-        unsigned n_srec;
+        struct sub_table subs;    /* upstream form, to make again when the broker lost them */
         char **unsent_unsubs;     /* UNSUBSCRIBEs made while the uplink was away */
         unsigned n_unsent_unsubs;
         struct pending_req *reqs;

@@ -122,47 +122,14 @@ void session_on_pubrel(struct session *s, uint16_t pid)
 
 /* ---- subscription records ---- */
 
-static struct sub_rec *srec_find(struct session *s, const char *filter)
+static void unsent_unsub_drop(struct session *s, const char *filter)
 {
-        for (unsigned i = 0; i < s->n_srec; i++)
-                if (strcmp(s->srec[i].filter, filter) == 0)
-                        return &s->srec[i];
-        return NULL;
-}
-
-static void srec_forget(struct session *s, const char *filter)
-{
-        struct sub_rec *r = srec_find(s, filter);
-        if (!r)
-                return;
-        free(r->filter);
-        *r = s->srec[--s->n_srec];
-}
-
-static int srec_put(struct session *s, const char *filter, uint8_t qos)
-{
-        struct sub_rec *r = srec_find(s, filter);
-
         for (unsigned i = 0; i < s->n_unsent_unsubs; i++)
                 if (strcmp(s->unsent_unsubs[i], filter) == 0) {
                         free(s->unsent_unsubs[i]);
                         s->unsent_unsubs[i] = s->unsent_unsubs[--s->n_unsent_unsubs];
-                        break;
+                        return;
                 }
-        if (r) {
-                r->qos = qos;
-                r->sent = false;
-                return 0;
-        }
-        struct sub_rec *n = realloc(s->srec, (s->n_srec + 1) * sizeof *n);
-        if (!n)
-                return -ENOMEM;
-        s->srec = n;
-        char *f = strdup(filter);
-        if (!f)
-                return -ENOMEM;
-        s->srec[s->n_srec++] = (struct sub_rec){ .filter = f, .qos = qos };
-        return 0;
 }
 
 static int unsent_unsub_add(struct session *s, const char *filter)
@@ -282,7 +249,19 @@ void session_on_subscribe(struct session *s, const struct mqtt_list *l)
                 q->codes[i] = mapped[i] ? qos[i] : MQTT_SUBACK_FAILURE;
                 if (!mapped[i])
                         continue;
-                if (srec_put(s, mapped[i], qos[i]) < 0)
+                /* A bound mosquitto does not have: each filter costs memory
+                 * here and at the broker. Over it, refused like an ACL. */
+                unsigned max = session_cfg(s)->limits.max_subscriptions;
+                if (max && s->subs.n >= max && !sub_table_find(&s->subs, mapped[i])) {
+                        struct log_fields lf = session_fields(s, "max_subscriptions reached");
+                        log_msg(LOG_LEVEL_WARNING, &lf, "subscription to \"%s\" refused", mapped[i]);
+                        q->codes[i] = MQTT_SUBACK_FAILURE;
+                        free(mapped[i]);
+                        mapped[i] = NULL;
+                        continue;
+                }
+                unsent_unsub_drop(s, mapped[i]);
+                if (sub_table_put(&s->subs, mapped[i], qos[i]) < 0)
                         goto oom;
                 up[sent] = (struct mqtt_str){ (const uint8_t *) mapped[i], (uint16_t) strlen(mapped[i]) };
                 up_qos[sent++] = qos[i];
@@ -332,7 +311,7 @@ void session_on_unsubscribe(struct session *s, const struct mqtt_list *l)
         for (size_t i = 0; i < n; i++) {
                 if (!mapped[i])
                         continue;
-                srec_forget(s, mapped[i]);
+                (void) sub_table_remove(&s->subs, mapped[i]);
                 up[sent++] = (struct mqtt_str){ (const uint8_t *) mapped[i], (uint16_t) strlen(mapped[i]) };
         }
         if (sent > 0 && s->up_connected) {
@@ -406,17 +385,19 @@ void session_up_resync(struct session *s, bool session_present)
         struct mqtt_str batch[RESUBSCRIBE_BATCH];
         uint8_t qos[RESUBSCRIBE_BATCH];
 
+        struct sub_rec *v = s->subs.v;
+        unsigned nsub = s->subs.n;
+
         if (!session_present)
-                for (unsigned i = 0; i < s->n_srec; i++)
-                        s->srec[i].sent = false;
-        for (unsigned i = 0; i <= s->n_srec; i++) {
-                if (i < s->n_srec && !s->srec[i].sent) {
-                        batch[n] = (struct mqtt_str){ (const uint8_t *) s->srec[i].filter,
-                                                      (uint16_t) strlen(s->srec[i].filter) };
-                        qos[n++] = s->srec[i].qos;
-                        s->srec[i].sent = true;
+                for (unsigned i = 0; i < nsub; i++)
+                        v[i].sent = false;
+        for (unsigned i = 0; i <= nsub; i++) {
+                if (i < nsub && !v[i].sent) {
+                        batch[n] = (struct mqtt_str){ (const uint8_t *) v[i].filter, (uint16_t) strlen(v[i].filter) };
+                        qos[n++] = v[i].qos;
+                        v[i].sent = true;
                 }
-                if (n == RESUBSCRIBE_BATCH || (i == s->n_srec && n > 0)) {
+                if (n == RESUBSCRIBE_BATCH || (i == nsub && n > 0)) {
                         struct pending_req *q = req_new(MQTT_SUBSCRIBE, session_up_pid(s, 0), 0, 0);
                         if (!q || !q->up_pid || session_send_req(s, MQTT_SUBSCRIBE, q->up_pid, batch, qos, n) < 0) {
                                 free(q);
@@ -461,9 +442,9 @@ void session_up_lost(struct session *s)
                         session_send_ack(s, MQTT_UNSUBACK, q->dev_pid);
                 free(q);
         }
-        for (unsigned i = 0; i < s->n_srec; i++)
+        for (unsigned i = 0; i < s->subs.n; i++)
                 if (!s->up_session)
-                        s->srec[i].sent = false;
+                        s->subs.v[i].sent = false;
 }
 
 void session_up_free(struct session *s)
@@ -473,9 +454,7 @@ void session_up_free(struct session *s)
                 s->reqs = q->next;
                 free(q);
         }
-        for (unsigned i = 0; i < s->n_srec; i++)
-                free(s->srec[i].filter);
-        free(s->srec);
+        sub_table_clear(&s->subs);
         for (unsigned i = 0; i < s->n_unsent_unsubs; i++)
                 free(s->unsent_unsubs[i]);
         free(s->unsent_unsubs);

@@ -327,6 +327,28 @@ class TestSlowDevice(RelayBase):
             self.assertLess(rss1 - rss0, 4096, "the bridge buffered the stalled device's messages")
 
 
+class TestSubscriptionLimit(RelayBase):
+    """max_subscriptions: one over the bound is refused in place (0x80),
+    the others work; bookkeeping is hashed, so many filters are cheap."""
+
+    bridge_sections = {"limits": {"max_subscriptions": "3"}}
+
+    def test_over_the_limit_refused_in_place(self):
+        c = self.raw_connected("sensor-1")
+        c.send(m.subscribe(4, [("lim/a", 1), ("lim/b", 0), ("lim/c", 1), ("lim/d", 1), ("lim/a", 0)]))
+        p = c.expect(m.SUBACK)
+        self.assertEqual(p.pid, 4)
+        # a, b, c granted; d over the limit; a again is an update, not new
+        self.assertEqual(list(p.body[2:]), [1, 0, 1, 0x80, 0])
+        self.bridge.wait_log(r'subscription to "lim/d" refused.*max_subscriptions', 5)
+        self.mosquitto.pub("lim/c", "in", qos=1)
+        got = self.publishes(c, 1)
+        self.assertEqual(got[0][:2], ("lim/c", b"in"))
+        c.send(m.ack(m.PUBACK, got[0][3]))
+        c.send(m.DISCONNECT_PKT)
+        c.close()
+
+
 class TestReplayIdentity(RelayBase):
     """Replay for an absent device as the device itself: a %c ACL applies,
     a persistent session survives (also with use_username_as_clientid),

@@ -171,6 +171,7 @@ static void assert_defaults(const struct config *c, bool files_set)
         assert_int_equal(c->limits.max_inflight_messages, 20);
         assert_int_equal(c->limits.max_queued_bytes, 1048576);
         assert_int_equal(c->limits.max_keepalive, 65535);
+        assert_int_equal(c->limits.max_subscriptions, 1000);
 
         assert_false(c->metrics.enabled);
         assert_string_equal(c->metrics.bind_address, "127.0.0.1");
