@@ -89,34 +89,38 @@ static void session_takeover_failed(struct session *s)
                 }
 }
 
-/* The device's outbox and spool: one per identity and client id, so that
- * no other certificate can reach them by claiming the client id. */
-static int session_open_outbox(struct session *s)
+/* The device's spool file: one per identity and client id, so that no
+ * other certificate can reach it by claiming the client id. A replayer
+ * sending it while the device was away stops now, before the uplink
+ * connects as the device (one file, one writer, one connection). */
+static int session_find_spool(struct session *s)
 {
         const struct config *cfg = session_cfg(s);
         char *key = NULL;
-        int r;
 
+        if (!cfg->spool.directory)
+                return 0;
         if (asprintf(&key, "%zu:%s%s", strlen(s->cn), s->cn, s->up_client_id) < 0)
                 return -ENOMEM;
-        if (cfg->spool.directory) {
-                s->spool_path = spool_path(cfg->spool.directory, key);
-                if (!s->spool_path) {
-                        free(key);
-                        return -ENOMEM;
-                }
-                /* A replayer sending this spool while the device was away
-                 * stops: one file, one writer. */
-                replayer_stop(s->b, s->spool_path);
-        }
+        s->spool_path = spool_path(cfg->spool.directory, key);
+        free(key);
+        if (!s->spool_path)
+                return -ENOMEM;
+        replayer_stop(s->b, s->spool_path);
+        return 0;
+}
+
+static int session_open_outbox(struct session *s)
+{
+        const struct config *cfg = session_cfg(s);
+        int r;
+
         /* The upstream username is not a secret (the password never goes
          * to the file: spool.h); a replay after a crash needs it when it
          * came from the device. */
         char *user = NULL;
-        if (s->up_user && !(user = strndup((const char *) s->up_user, s->up_user_len))) {
-                free(key);
+        if (s->up_user && !(user = strndup((const char *) s->up_user, s->up_user_len)))
                 return -ENOMEM;
-        }
         struct spool_meta meta = {
                 .client_id = s->up_client_id,
                 .username = user,
@@ -126,8 +130,7 @@ static int session_open_outbox(struct session *s)
                 .had_password = s->up_pass != NULL,
         };
         struct outbox_params p = {
-                .spool_dir = cfg->spool.directory,
-                .key = key,
+                .spool_path = s->spool_path,
                 .name = s->cn,
                 .meta = &meta,
                 .spool_max_bytes = cfg->spool.max_bytes_per_device,
@@ -144,7 +147,6 @@ static int session_open_outbox(struct session *s)
         };
         r = outbox_new(&p, &s->outbox);
         free(user);
-        free(key);
         return r;
 }
 
@@ -155,8 +157,14 @@ static int session_open_outbox(struct session *s)
  * of the device takes it over. */
 void session_release_outbox(struct session *s)
 {
-        if (!s->outbox)
+        if (!s->outbox) {
+                /* Refused before it had one (the broker said no): a spool
+                 * it stopped the replay of goes back to a replayer, with
+                 * the configuration's credentials, not the refused ones. */
+                if (s->spool_path && !s->b->stopping && !s->superseded && s->state == S_CLOSED)
+                        (void) replayer_start(s->b, s->spool_path, NULL);
                 return;
+        }
         bool spooled = outbox_detach(s->outbox);
         if (spooled && s->spool_path && !s->b->stopping && !s->superseded) {
                 struct replayer_creds c = {
@@ -554,6 +562,10 @@ void session_on_connect(struct session *s, const struct mqtt_connect *c)
         if (!session_claim_client_id(s)) {
                 session_refuse(s, MQTT_CONNACK_ID_REJECTED,
                                "client id in use by a device with another certificate");
+                goto out;
+        }
+        if (session_find_spool(s) < 0) {
+                session_close(s, LOG_LEVEL_ERR, "out of memory");
                 goto out;
         }
         r = sd_event_add_time(s->b->event, &s->reconnect, CLOCK_MONOTONIC, 0, 200 * 1000, session_on_reconnect, s);
