@@ -16,8 +16,10 @@
  *   q0      QoS 0 waiting for the uplink.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "log.h"
 #include "outbox.h"
@@ -82,6 +84,9 @@ struct outbox {
         unsigned n_replay, cap_replay;
         uint64_t last_read_seq;
         uint16_t next_pid;
+        bool replay_progress;           /* a replayed message was acknowledged on this link */
+        uint64_t stuck_seq;             /* oldest in flight when a link died without progress */
+        unsigned stuck_count;           /* ... how many links in a row */
 
         struct ob_msg *q0_head, *q0_tail;
         size_t q0_bytes;
@@ -146,8 +151,20 @@ static void ob_account(struct outbox *o, uint64_t before)
         o->counted_pending = pending;
 }
 
+/* The file's size on disk now (0 if it does not exist). */
+static uint64_t ob_disk_size(const char *path)
+{
+        struct stat st;
+        return path && stat(path, &st) == 0 ? (uint64_t) st.st_size : 0;
+}
+
+/* *p.spool_total counts every spool file in the directory, open or not
+ * (replayer_start_all adds those a restart finds; a file that waits for
+ * its device stays counted): opening one counts only what opening changed
+ * (a torn tail cut off, a delivered file started afresh). */
 static int ob_spool_open(struct outbox *o)
 {
+        char *path = NULL;
         int r;
 
         if (o->spool)
@@ -156,33 +173,41 @@ static int ob_spool_open(struct outbox *o)
                 return -ESHUTDOWN;
         if (!o->spool_dir && !o->spool_path)
                 return -ENOTCONN;
-        if (o->spool_path)
-                r = spool_open_path(o->spool_path, o->p.spool_max_bytes, &o->spool);
-        else
-                r = spool_open(o->spool_dir, o->key, o->p.spool_max_bytes, &o->spool);
+        path = o->spool_path ? strdup(o->spool_path) : spool_path(o->spool_dir, o->key);
+        if (!path)
+                return -ENOMEM;
+        uint64_t on_disk = ob_disk_size(path);
+        r = spool_open_path(path, o->p.spool_max_bytes, &o->spool);
+        free(path);
         if (r < 0)
                 return r;
+        ob_account(o, on_disk);
         if (o->has_meta) {
                 r = spool_set_meta(o->spool, &o->meta);
                 if (r < 0)
                         log_warning("spool of \"%s\": cannot record the sender: %s", o->name, strerror(-r));
         }
-        ob_account(o, 0);
         return 0;
 }
 
+/* Close the file; spool_close removes it when nothing is pending, and only
+ * then does it leave the byte gauge (a file that waits stays counted). */
 static bool ob_spool_close(struct outbox *o)
 {
         bool pending;
-        uint64_t before;
+        uint64_t size;
 
         if (!o->spool)
                 return false;
-        before = spool_bytes(o->spool);
+        size = spool_bytes(o->spool);
         pending = spool_pending(o->spool) > 0;
         spool_close(o->spool);
         o->spool = NULL;
-        ob_account(o, before);
+        if (o->p.spool_total && !pending)
+                *o->p.spool_total -= size < *o->p.spool_total ? size : *o->p.spool_total;
+        if (o->p.spool_msgs)
+                *o->p.spool_msgs -= o->counted_pending;
+        o->counted_pending = 0;
         return pending;
 }
 
@@ -495,6 +520,7 @@ void outbox_uplink_up(struct outbox *o, struct uplink *u, bool session_present)
         if (!o || o->detached)
                 return;
         o->up = u;
+        o->replay_progress = false;
         /* QoS 2 messages the broker PUBREC'd on the earlier link. */
         for (unsigned i = 0; i < o->n_rel;) {
                 struct ob_rel *rl = &o->rel[i];
@@ -535,6 +561,55 @@ void outbox_uplink_up(struct outbox *o, struct uplink *u, bool session_present)
         outbox_pump(o);
 }
 
+/* A message the broker ends the connection over, every time it is sent
+ * (mosquitto does so for what its ACL or limits refuse outright), must
+ * not block every message behind it for ever: after OB_STUCK_LINKS links
+ * in a row died with it the oldest in flight and nothing acknowledged, it
+ * is moved to "<spool>.rejected" (a spool file of its own, never
+ * replayed) and skipped, with a warning. */
+#define OB_STUCK_LINKS 3
+
+static void ob_check_stuck(struct outbox *o)
+{
+        uint64_t oldest = UINT64_MAX;
+        struct spool_msg *m = NULL;
+
+        for (unsigned i = 0; i < o->n_replay; i++)
+                if (o->replay[i].seq < oldest)
+                        oldest = o->replay[i].seq;
+        if (o->n_replay == 0 || o->replay_progress || !o->spool) {
+                o->stuck_count = 0;
+                return;
+        }
+        if (oldest != o->stuck_seq) {
+                o->stuck_seq = oldest;
+                o->stuck_count = 0;
+        }
+        if (++o->stuck_count < OB_STUCK_LINKS)
+                return;
+        o->stuck_count = 0;
+        spool_rewind(o->spool);
+        if (spool_read_next(o->spool, &m) != 1 || m->seq != oldest) {
+                free(m);
+                return;
+        }
+        char *side = NULL;
+        struct spool *rej = NULL;
+        if (asprintf(&side, "%s.rejected", spool_file(o->spool)) >= 0 &&
+            spool_open_path(side, 0, &rej) == 0 &&
+            spool_append(rej, m->qos, m->retain, m->topic, m->payload, m->payload_len, &(uint64_t){ 0 }) == 0)
+                (void) spool_sync(rej);
+        spool_close(rej);
+        log_warning("spool of \"%s\": the broker closed the connection %u times when message %llu (topic "
+                    "\"%s\") was sent; it is moved to %s and the messages behind it go on",
+                    o->name, OB_STUCK_LINKS, (unsigned long long) oldest, m->topic, side ? side : "?");
+        uint64_t before = spool_bytes(o->spool);
+        (void) spool_ack_through(o->spool, oldest);
+        ob_account(o, before);
+        free(side);
+        free(m);
+}
+
 int outbox_uplink_down(struct outbox *o, bool clean)
 {
         bool spooled = false;
@@ -543,6 +618,7 @@ int outbox_uplink_down(struct outbox *o, bool clean)
         if (!o)
                 return 0;
         o->up = NULL;
+        ob_check_stuck(o);
         o->n_replay = 0;
         if (o->spool)
                 spool_rewind(o->spool); /* unacknowledged ones go again */
@@ -821,6 +897,7 @@ static bool ob_on_replay_ack(struct outbox *o, enum mqtt_type type, uint16_t pid
                 if (!((type == MQTT_PUBACK && rp->qos == 1) || (type == MQTT_PUBCOMP && rp->qos == 2 && rp->released)))
                         return true; /* out of order for its QoS: ignored */
                 o->replay[i] = o->replay[--o->n_replay];
+                o->replay_progress = true;
                 if (!o->spool)
                         return true;
                 /* Everything below the oldest still in flight is safe. */

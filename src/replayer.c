@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <openssl/crypto.h>
 
 #include "bridge.h"
@@ -278,11 +279,16 @@ unsigned replayer_start_all(struct bridge *b)
                 return 0;
         while ((e = readdir(d))) {
                 size_t n = strlen(e->d_name);
+                struct stat st;
                 if (n < 7 || strcmp(e->d_name + n - 6, ".spool") != 0)
                         continue;
                 char *path = NULL;
                 if (asprintf(&path, "%s/%s", dir, e->d_name) < 0)
                         break;
+                /* [spool] max_bytes covers every file, also those that
+                 * wait for their device: they are counted from here on. */
+                if (lstat(path, &st) == 0 && S_ISREG(st.st_mode))
+                        b->stats.spool_bytes += (uint64_t) st.st_size;
                 if (replayer_start(b, path, NULL) > 0)
                         started++;
                 free(path);

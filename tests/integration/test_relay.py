@@ -349,6 +349,33 @@ class TestSubscriptionLimit(RelayBase):
         c.close()
 
 
+class TestRejectedRecord(RelayBase):
+    """A spooled message the broker closes the connection over, every time,
+    is moved aside after three tries; the messages behind it go on."""
+
+    mosquitto_extra = ("max_packet_size 1500",)
+    persistence = True
+
+    def test_poison_message_moved_aside(self):
+        # Persistent: the subscription and its queue survive the restart.
+        sub = self.mosquitto.sub("poison/#", 2, timeout=60, extra=["-c", "-i", "obs-poison"])
+        self.mosquitto.stop()
+        try:
+            c = self.raw_connected("sensor-1", "sensor-1", clean=False)
+            c.send(m.publish("poison/a", b"A", qos=1, pid=1))
+            c.send(m.publish("poison/b", b"B" * 3000, qos=1, pid=2))
+            c.send(m.publish("poison/c", b"C", qos=1, pid=3))
+            self.assertEqual([c.expect(m.PUBACK).pid for _ in range(3)], [1, 2, 3])
+            c.close()
+        finally:
+            self.mosquitto.start()
+        self.bridge.wait_log(r'message \d+ \(topic "poison/b"\) was sent; it is moved to \S+\.rejected', 60)
+        self.assertEqual(sub.result(60), ["poison/a A", "poison/c C"])
+        rejected = [f for f in os.listdir(os.path.join(self.tmp, "spool")) if f.endswith(".rejected")]
+        self.assertEqual(len(rejected), 1)
+        self.assertBridgeAlive()
+
+
 class TestReplayIdentity(RelayBase):
     """Replay for an absent device as the device itself: a %c ACL applies,
     a persistent session survives (also with use_username_as_clientid),
