@@ -376,6 +376,31 @@ class TestRejectedRecord(RelayBase):
         self.assertBridgeAlive()
 
 
+class TestSpoolTotal(RelayBase):
+    """[spool] max_bytes covers every file, also one that waits for its
+    device after a restart (its password is not on disk)."""
+
+    bridge_sections = {"spool": {"max_bytes": "6000"}}
+
+    def test_waiting_spool_still_counted(self):
+        self.mosquitto.stop()
+        try:
+            c = self.raw_connected("sensor-1", "sensor-1", clean=False)
+            c.send(m.publish("total/a", b"x" * 4000, qos=1, pid=1))
+            self.assertEqual(c.expect(m.PUBACK).pid, 1)
+            c.close()
+            self.restart_bridge()
+            self.bridge.wait_log(r'spool of "sensor-1" \(1 messages\) waits for its device', 10,
+                                 since=self.bridge.log_offset)
+            c = self.raw_connected("sensor-2", "sensor-2", clean=False)
+            c.send(m.publish("total/b", b"y" * 4000, qos=1, pid=1))
+            self.assertTrue(c.wait_closed(10), "a spool over [spool] max_bytes took the message")
+            self.assertFalse([p for p in c.before_close if p.type == m.PUBACK])
+            self.bridge.wait_log(r"spool full", 5, since=self.bridge.log_offset)
+        finally:
+            self.mosquitto.start()
+
+
 class TestReplayIdentity(RelayBase):
     """Replay for an absent device as the device itself: a %c ACL applies,
     a persistent session survives (also with use_username_as_clientid),
