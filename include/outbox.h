@@ -134,7 +134,8 @@ int outbox_refuse(struct outbox *o, uint16_t pid, uint8_t qos);
 int outbox_commit(struct outbox *o);
 
 /* Has the device as many QoS 1/2 messages waiting for the broker as
- * allowed? (The owner then stops reading it.) */
+ * allowed, or is a backlog being replayed? (The owner then stops reading
+ * it, and resumes after the next acknowledgement from the broker.) */
 bool outbox_full(const struct outbox *o);
 
 /* A PUBACK, PUBREC or PUBCOMP from the broker. Returns true if it was

@@ -804,6 +804,14 @@ bool outbox_full(const struct outbox *o)
 {
         if (!o)
                 return false;
+        /* While a backlog is replayed the device waits: its new messages
+         * would have to go behind the backlog (order, §4.6), and taking
+         * them would let the backlog grow as fast as it drains, so the
+         * spool would never empty and forwarding never become direct
+         * again. It is read again once the last spooled message is
+         * acknowledged. */
+        if (o->up && o->spooling)
+                return true;
         /* Only what waits for the broker or the disk: a QoS 2 exchange that
          * waits for the device's PUBREL must not stop its input. */
         return o->n_fifo >= o->p.max_inflight;

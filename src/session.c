@@ -517,7 +517,11 @@ static int session_on_timer(sd_event_source *src, uint64_t usec, void *userdata)
                 session_close(s, LOG_LEVEL_DEBUG, NULL);
                 break;
         default: {
-                /* §3.1.2.10: 1.5 × keepalive without a packet. */
+                /* §3.1.2.10: 1.5 × keepalive without a packet. Not while the
+                 * bridge itself stopped reading (back-pressure): the device's
+                 * PINGREQ may be waiting in the socket. */
+                if (s->input_paused || s->paused_backlog)
+                        s->last_packet = session_now(s);
                 uint64_t deadline = s->last_packet + (uint64_t) s->keepalive * 1500000ULL;
                 if (session_now(s) < deadline) {
                         /* A packet came since the timer was set. */
