@@ -29,6 +29,16 @@ PROBE = os.environ.get("UPLINK_PROBE", "uplink-probe")
 SLOW = 4 if BRIDGE_WRAPPER else 1   # valgrind
 
 
+def assert_idle(test, line):
+    """line ends "wall_ms=W cpu_ms=C": a link waiting for the network
+    must not burn CPU (EPOLLOUT on a writable socket, EPOLLIN while
+    paused, a timer re-armed in the past...)."""
+    m = re.search(r"wall_ms=(\d+) cpu_ms=(\d+)$", line)
+    test.assertTrue(m, line)
+    wall, cpu = int(m.group(1)), int(m.group(2))
+    test.assertLess(cpu, wall / 2 + 20, "busy while idle: " + line)
+
+
 class Probe:
     """One uplink-probe run; its stdout lines collected as they come."""
 
@@ -323,6 +333,7 @@ class UplinkTest(unittest.TestCase):
         p = self.run_probe("hold", "--port", self.plain, "--client-id", "u-ka", "--keepalive", "1",
                            "--hold", "4")
         self.assertIn("puback id=1", p.lines)
+        assert_idle(self, p.find("held")[0])
         pings = len(re.findall(r"Received PINGREQ from u-ka", self.broker_log()))
         self.assertGreaterEqual(pings, 2, "expected PINGREQs over 4 s at keepalive 1")
 
@@ -425,7 +436,9 @@ class UplinkTest(unittest.TestCase):
                  10 * SLOW, "mosquitto sending to the paused link")
         self.assertFalse(p.find("publish"), "packets delivered while paused: %r" % p)
         p.proc.send_signal(signal.SIGUSR1)
-        self.assertEqual(p.wait_line("resumed"), "resumed while_paused=0")
+        resumed = p.wait_line("resumed")
+        self.assertTrue(resumed.startswith("resumed while_paused=0 "), resumed)
+        assert_idle(self, resumed)
         self.assertEqual(p.finish(60), 0, repr(p))
         got = [l.split("payload=")[1] for l in p.find("publish")]
         self.assertEqual(got, ["m%03d" % i for i in range(n)])

@@ -66,7 +66,28 @@ static struct {
         bool paused;
         uint16_t next_id;
         struct timespec t0;
+        double mark_wall, mark_cpu;     /* for "no busy loop" checks */
 } st;
+
+static double clock_ms(clockid_t c)
+{
+        struct timespec t;
+        clock_gettime(c, &t);
+        return (double) t.tv_sec * 1e3 + (double) t.tv_nsec / 1e6;
+}
+
+static void mark(void)
+{
+        st.mark_wall = clock_ms(CLOCK_MONOTONIC);
+        st.mark_cpu = clock_ms(CLOCK_PROCESS_CPUTIME_ID);
+}
+
+/* Wall and CPU time since mark(): an idle link must cost no CPU. */
+static void print_since_mark(void)
+{
+        printf(" wall_ms=%.0f cpu_ms=%.0f\n", clock_ms(CLOCK_MONOTONIC) - st.mark_wall,
+               clock_ms(CLOCK_PROCESS_CPUTIME_ID) - st.mark_cpu);
+}
 
 static void finish(bool graceful, int status)
 {
@@ -138,6 +159,7 @@ static void on_connack(void *ud, uint8_t rc, bool sp)
                 finish(false, 0);
                 return;
         }
+        mark();
         if (!strcmp(opt.scenario, "connect")) {
                 finish(opt.graceful, 0);
         } else if (!strcmp(opt.scenario, "publish")) {
@@ -229,6 +251,7 @@ static void on_packet(void *ud, const struct mqtt_packet *pkt, const uint8_t *ra
                         uplink_pause_input(st.u, true);
                         st.paused = true;
                         printf("paused\n");
+                        mark();
                 }
                 break;
         default:
@@ -261,7 +284,8 @@ static int on_usr1(sd_event_source *s, const struct signalfd_siginfo *si, void *
 {
         if (st.u && st.paused) {
                 st.paused = false;
-                printf("resumed while_paused=%u\n", st.while_paused);
+                printf("resumed while_paused=%u", st.while_paused);
+                print_since_mark();
                 uplink_pause_input(st.u, false);
         }
         return 0;
@@ -271,7 +295,11 @@ static int on_hold(sd_event_source *s, uint64_t usec, void *ud)
 {
         uint16_t id;
 
-        if (st.u && publish(1, "alive", 5, &id) < 0)
+        if (!st.u)
+                return 0;
+        printf("held");
+        print_since_mark();
+        if (publish(1, "alive", 5, &id) < 0)
                 finish(false, 1);
         return 0;
 }
