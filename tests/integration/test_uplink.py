@@ -385,6 +385,20 @@ class UplinkTest(unittest.TestCase):
         m = re.search(r"writable=(\d+)", line)
         self.assertTrue(m and int(m.group(1)) > 0, "on_writable never called: " + line)
 
+    def test_graceful_close_sends_queued_first(self):
+        """Closed from on_writable with data still queued: everything
+        queued reaches the broker, then DISCONNECT (§3.14)."""
+        cid = "u-fclose"
+        p = self.run_probe("flood", "--port", self.plain, "--client-id", cid, "--count", "2000",
+                           "--size", "1000", "--topic", "u/fclose", "--close-at-writable")
+        m = re.match(r"closing sent=(\d+) queued=(\d+)$", p.find("closing")[0])
+        sent, queued = int(m.group(1)), int(m.group(2))
+        self.assertGreater(queued, 0, "nothing was queued at the close: the test proves nothing")
+        self.wait_broker_log(r"Received DISCONNECT from %s" % cid)
+        log = self.broker_log()
+        self.assertEqual(len(re.findall(r"Received PUBLISH from %s" % cid, log)), sent)
+        self.assertNotRegex(log, r"Client %s closed its connection" % cid)   # would mean no DISCONNECT
+
     # -- TLS --
 
     def test_tls_ip_san(self):
@@ -526,6 +540,27 @@ class UplinkTest(unittest.TestCase):
             self.assertEqual(fb.received[-1:] if last else [x for x in fb.received if x == rawmqtt.DISCONNECT],
                              [last] if last else [], "%s close: broker got %r" % (mode, fb.received))
             self.assertNotIn(rawmqtt.PUBACK, fb.received)
+
+    def test_detached_link_lingers_at_most_5_s(self):
+        """A broker that never closes after DISCONNECT: the detached link
+        gives up after 5 s and is freed (the probe then exits)."""
+        def script(fb, conn):
+            conn.recv(4096)
+            conn.sendall(CONNACK_OK)
+            fb.read_packets(conn)      # DISCONNECT, then EOF (our FIN)...
+            fb.got_eof = time.monotonic()
+            time.sleep(10)             # ...and this broker does not close
+        fb = FakeBroker(script)
+        try:
+            t0 = time.monotonic()
+            p = self.run_probe("connect", "--port", fb.port, rc=0, timeout=30)
+            elapsed = time.monotonic() - t0
+        finally:
+            fb.sock.close()
+        self.assertEqual(p.lines[-2:], ["done", "fds ok"])
+        self.assertEqual(fb.received, [rawmqtt.DISCONNECT])
+        self.assertGreaterEqual(elapsed, 4.5)
+        self.assertLess(elapsed, 5 + 5 * SLOW)
 
     def test_broker_closes(self):
         def script(fb, conn):

@@ -21,7 +21,8 @@
  *   hold       stay connected --hold seconds, then one QoS 1 PUBLISH that
  *              must be acknowledged (proves the link survived)
  *   flood      --count QoS 1 PUBLISHes of --size bytes, fed while
- *              uplink_writable(), the rest from on_writable
+ *              uplink_writable(), the rest from on_writable (or a
+ *              graceful close there: --close-at-writable)
  *   wait       connect and wait for whatever the broker does
  */
 #include <errno.h>
@@ -41,7 +42,7 @@ static struct {
         const char *scenario;
         const char *topic;
         unsigned qos, count, size, hold, timeout;
-        bool ack, pause, graceful;
+        bool ack, pause, graceful, close_at_writable;
         struct uplink_params params;
         size_t max_packet;
 } opt = {
@@ -269,6 +270,12 @@ static void on_lost(void *ud, const char *why)
 static void on_writable(void *ud)
 {
         st.writable++;
+        if (opt.close_at_writable) {
+                flood_feed();   /* up to the high-water mark, then close */
+                printf("closing sent=%u queued=%zu\n", st.sent, uplink_queued(st.u));
+                finish(true, 0);
+                return;
+        }
         if (!strcmp(opt.scenario, "flood"))
                 flood_feed();
 }
@@ -364,6 +371,7 @@ int main(int argc, char **argv)
                 { "timeout", required_argument, NULL, 'T' },
                 { "connect-timeout", required_argument, NULL, 'O' },
                 { "max-packet", required_argument, NULL, 'M' },
+                { "close-at-writable", no_argument, NULL, 'X' },
                 { "debug", no_argument, NULL, 'd' },
                 {},
         };
@@ -418,6 +426,7 @@ int main(int argc, char **argv)
                 case 'T': opt.timeout = (unsigned) atoi(optarg); break;
                 case 'O': cfg.connect_timeout = (unsigned) atoi(optarg); break;
                 case 'M': opt.max_packet = (size_t) atoll(optarg); break;
+                case 'X': opt.close_at_writable = true; break;
                 case 'd': log_setup(LOG_LEVEL_DEBUG, LOG_TARGET_STDERR); break;
                 default: usage();
                 }
