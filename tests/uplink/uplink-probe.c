@@ -42,7 +42,7 @@ static struct {
         const char *scenario;
         const char *topic;
         unsigned qos, count, size, hold, timeout;
-        bool ack, pause, graceful, close_at_writable;
+        bool ack, pause, graceful, close_at_writable, forget_refused;
         struct uplink_params params;
         size_t max_packet;
 } opt = {
@@ -156,6 +156,12 @@ static void flood_feed(void)
 static void on_connack(void *ud, uint8_t rc, bool sp)
 {
         printf("connack rc=%u sp=%d\n", rc, sp);
+        if (rc != 0 && opt.forget_refused) {
+                /* uplink.h: a refused link frees itself after this. */
+                st.u = NULL;
+                st.closed = true;
+                return;
+        }
         if (rc != 0) {
                 finish(false, 0);
                 return;
@@ -372,6 +378,7 @@ int main(int argc, char **argv)
                 { "connect-timeout", required_argument, NULL, 'O' },
                 { "max-packet", required_argument, NULL, 'M' },
                 { "close-at-writable", no_argument, NULL, 'X' },
+                { "forget-refused", no_argument, NULL, 'F' },
                 { "debug", no_argument, NULL, 'd' },
                 {},
         };
@@ -427,6 +434,7 @@ int main(int argc, char **argv)
                 case 'O': cfg.connect_timeout = (unsigned) atoi(optarg); break;
                 case 'M': opt.max_packet = (size_t) atoll(optarg); break;
                 case 'X': opt.close_at_writable = true; break;
+                case 'F': opt.forget_refused = true; break;
                 case 'd': log_setup(LOG_LEVEL_DEBUG, LOG_TARGET_STDERR); break;
                 default: usage();
                 }
