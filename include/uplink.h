@@ -42,8 +42,9 @@ struct uplink_pool;
 
 struct uplink_ops {
         /* The broker's CONNACK (§3.2). rc != 0: the broker refused; the
-         * link is closed right after this callback returns (on_lost is not
-         * called). */
+         * link is closed and freed right after this callback returns
+         * (on_lost is not called): the owner forgets its pointer, and may
+         * but need not call uplink_close() inside the callback. */
         void (*on_connack)(void *ud, uint8_t rc, bool session_present);
         /* A packet from the broker after CONNACK: PUBLISH, PUBACK, PUBREC,
          * PUBREL, PUBCOMP, SUBACK or UNSUBACK (PINGRESP is consumed here;

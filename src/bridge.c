@@ -103,6 +103,8 @@ int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
                 log_error("cannot set up the upstream pool: %s", strerror(-r));
                 return r;
         }
+        /* A broker packet larger than a device may take ends its link. */
+        uplink_pool_set_max_packet(b->uplinks, b->cfg.limits.max_packet_size);
         r = sd_event_add_defer(event, &b->reaper, bridge_on_reap, b);
         if (r < 0)
                 return r;

@@ -157,6 +157,7 @@ int reload_config(struct bridge *b)
         SSL_CTX_free(b->device_ctx);
         b->device_ctx = device_ctx;
         uplink_pool_set_config(b->uplinks, &b->cfg.upstream, up_ctx); /* takes its own reference */
+        uplink_pool_set_max_packet(b->uplinks, b->cfg.limits.max_packet_size);
         SSL_CTX_free(up_ctx);
         if (move_metrics) {
                 metrics_free(b->metrics);

@@ -34,6 +34,9 @@ int tls_conn_init_client(struct tls_conn *c, SSL_CTX *ctx, int fd, const char *n
         SSL_set_fd(c->ssl, fd);
         SSL_set_connect_state(c->ssl);
         SSL_set_mode(c->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        /* A renegotiation the server starts would make SSL_write wait for
+         * reads (and SSL_read for writes) mid-stream; no broker needs it. */
+        SSL_set_options(c->ssl, SSL_OP_NO_RENEGOTIATION);
         if (!name || !name[0])
                 return 0;
         X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);

@@ -185,6 +185,29 @@ static void uplink_shut_write(struct uplink *u)
         (void) shutdown(u->fd, SHUT_WR);
 }
 
+/* A TLS broker that refuses us (our certificate, say) sends an alert and
+ * resets; if our write meets the reset first, the alert still waits in
+ * the socket and says more than "Connection reset by peer". Nothing read
+ * here is delivered: the link is going, and nothing gets acknowledged. */
+static void uplink_write_failed(struct uplink *u, const char *why)
+{
+        char alert[256] = "";
+
+        if (u->tls) {
+                for (unsigned i = 0; i < 4; i++) {
+                        ssize_t n = tls_conn_read(&u->tc, u->pool->scratch, UPLINK_READ_CHUNK, alert,
+                                                  sizeof alert);
+                        if (n == -EPROTO || n == -EIO) {
+                                uplink_lost(u, "TLS with the broker at %s failed: %s", u->dialer.peer, alert);
+                                return;
+                        }
+                        if (n <= 0)
+                                break;
+                }
+        }
+        uplink_lost(u, "write to the broker at %s failed: %s", u->dialer.peer, why);
+}
+
 /* Write what is queued, until done or the socket is full. Returns 0, or
  * -EPIPE when the link was lost (reported). */
 static int uplink_flush(struct uplink *u)
@@ -218,7 +241,7 @@ static int uplink_flush(struct uplink *u)
                 if (n == -EINTR)
                         continue;
                 if (n <= 0) {
-                        uplink_lost(u, "write to the broker at %s failed: %s", u->dialer.peer, why);
+                        uplink_write_failed(u, why);
                         return -EPIPE;
                 }
                 bytebuf_consume(&u->out, (size_t) n);

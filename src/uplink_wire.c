@@ -120,12 +120,10 @@ static void uplink_on_connack(struct uplink *u, const struct mqtt_packet *pkt)
                 /* §3.2.2.3: the server closes the connection after a
                  * refusal; so do we, right after the owner heard it. */
                 ops->on_connack(u->ud, rc, sp);
-                if (!uplink_alive(u))
-                        return;
-                if (u->ops)
-                        uplink_teardown(u);     /* the owner still calls uplink_close() */
-                else
-                        uplink_doom(u);         /* it did, even gracefully: nothing to say */
+                /* Whether or not the owner closed it in the callback, the
+                 * link is gone now (uplink.h): free it once we return. */
+                if (!u->doomed)
+                        uplink_doom(u);
                 return;
         }
         u->state = UPLINK_CONNECTED;

@@ -29,6 +29,16 @@ PROBE = os.environ.get("UPLINK_PROBE", "uplink-probe")
 SLOW = 4 if BRIDGE_WRAPPER else 1   # valgrind
 
 
+def assert_idle(test, line):
+    """line ends "wall_ms=W cpu_ms=C": a link waiting for the network
+    must not burn CPU (EPOLLOUT on a writable socket, EPOLLIN while
+    paused, a timer re-armed in the past...)."""
+    m = re.search(r"wall_ms=(\d+) cpu_ms=(\d+)$", line)
+    test.assertTrue(m, line)
+    wall, cpu = int(m.group(1)), int(m.group(2))
+    test.assertLess(cpu, wall / 2 + 20, "busy while idle: " + line)
+
+
 class Probe:
     """One uplink-probe run; its stdout lines collected as they come."""
 
@@ -257,6 +267,11 @@ class UplinkTest(unittest.TestCase):
                            "--username", "dev", "--password", "wrong-pw")
         self.assertTrue(p.find("connack rc=5") or p.find("connack rc=4"), repr(p))
         self.assertFalse(p.find("lost"), "a refusal is not a loss: " + repr(p))
+        # The owner need not close a refused link: it frees itself (the
+        # probe exits once the pool is empty; ASan/valgrind see the rest).
+        p = self.run_probe("connect", "--port", self.auth, "--client-id", "u-refused",
+                           "--username", "dev", "--password", "wrong-pw", "--forget-refused")
+        self.assertEqual(p.lines[-2:], ["done", "fds ok"])
         p = self.run_probe("connect", "--port", self.auth, "--client-id", "u-accepted",
                            "--username", "dev", "--password", "right-pw")
         self.assertIn("connack rc=0 sp=0", p.lines)
@@ -323,6 +338,7 @@ class UplinkTest(unittest.TestCase):
         p = self.run_probe("hold", "--port", self.plain, "--client-id", "u-ka", "--keepalive", "1",
                            "--hold", "4")
         self.assertIn("puback id=1", p.lines)
+        assert_idle(self, p.find("held")[0])
         pings = len(re.findall(r"Received PINGREQ from u-ka", self.broker_log()))
         self.assertGreaterEqual(pings, 2, "expected PINGREQs over 4 s at keepalive 1")
 
@@ -374,6 +390,20 @@ class UplinkTest(unittest.TestCase):
         m = re.search(r"writable=(\d+)", line)
         self.assertTrue(m and int(m.group(1)) > 0, "on_writable never called: " + line)
 
+    def test_graceful_close_sends_queued_first(self):
+        """Closed from on_writable with data still queued: everything
+        queued reaches the broker, then DISCONNECT (§3.14)."""
+        cid = "u-fclose"
+        p = self.run_probe("flood", "--port", self.plain, "--client-id", cid, "--count", "2000",
+                           "--size", "1000", "--topic", "u/fclose", "--close-at-writable")
+        m = re.match(r"closing sent=(\d+) queued=(\d+)$", p.find("closing")[0])
+        sent, queued = int(m.group(1)), int(m.group(2))
+        self.assertGreater(queued, 0, "nothing was queued at the close: the test proves nothing")
+        self.wait_broker_log(r"Received DISCONNECT from %s" % cid)
+        log = self.broker_log()
+        self.assertEqual(len(re.findall(r"Received PUBLISH from %s" % cid, log)), sent)
+        self.assertNotRegex(log, r"Client %s closed its connection" % cid)   # would mean no DISCONNECT
+
     # -- TLS --
 
     def test_tls_ip_san(self):
@@ -398,6 +428,14 @@ class UplinkTest(unittest.TestCase):
         p = self.run_probe("connect", *self.tls_args(), "--server-name", "127.0.0.2", rc=3)
         self.assertRegex(self.lost_reason(p), r"certificate verify failed: IP address mismatch$")
 
+    def test_tls_without_client_certificate(self):
+        p = self.run_probe("connect", "--port", self.tls, "--cafile", self.ca.ca_crt, rc=3)
+        # TLS 1.3: the client's handshake is over before the broker checks
+        # the certificate; its alert comes with the first read, or explains
+        # the reset the first write met.
+        self.assertRegex(self.lost_reason(p), r"broker at 127\.0\.0\.1:\d+ failed: .*"
+                                              r"(certificate required|handshake failure)")
+
     def test_tls_pause_then_resume_delivers_all(self):
         n = 50
         cid = "u-pause"
@@ -417,7 +455,9 @@ class UplinkTest(unittest.TestCase):
                  10 * SLOW, "mosquitto sending to the paused link")
         self.assertFalse(p.find("publish"), "packets delivered while paused: %r" % p)
         p.proc.send_signal(signal.SIGUSR1)
-        self.assertEqual(p.wait_line("resumed"), "resumed while_paused=0")
+        resumed = p.wait_line("resumed")
+        self.assertTrue(resumed.startswith("resumed while_paused=0 "), resumed)
+        assert_idle(self, resumed)
         self.assertEqual(p.finish(60), 0, repr(p))
         got = [l.split("payload=")[1] for l in p.find("publish")]
         self.assertEqual(got, ["m%03d" % i for i in range(n)])
@@ -505,6 +545,27 @@ class UplinkTest(unittest.TestCase):
             self.assertEqual(fb.received[-1:] if last else [x for x in fb.received if x == rawmqtt.DISCONNECT],
                              [last] if last else [], "%s close: broker got %r" % (mode, fb.received))
             self.assertNotIn(rawmqtt.PUBACK, fb.received)
+
+    def test_detached_link_lingers_at_most_5_s(self):
+        """A broker that never closes after DISCONNECT: the detached link
+        gives up after 5 s and is freed (the probe then exits)."""
+        def script(fb, conn):
+            conn.recv(4096)
+            conn.sendall(CONNACK_OK)
+            fb.read_packets(conn)      # DISCONNECT, then EOF (our FIN)...
+            fb.got_eof = time.monotonic()
+            time.sleep(10)             # ...and this broker does not close
+        fb = FakeBroker(script)
+        try:
+            t0 = time.monotonic()
+            p = self.run_probe("connect", "--port", fb.port, rc=0, timeout=30)
+            elapsed = time.monotonic() - t0
+        finally:
+            fb.sock.close()
+        self.assertEqual(p.lines[-2:], ["done", "fds ok"])
+        self.assertEqual(fb.received, [rawmqtt.DISCONNECT])
+        self.assertGreaterEqual(elapsed, 4.5)
+        self.assertLess(elapsed, 5 + 5 * SLOW)
 
     def test_broker_closes(self):
         def script(fb, conn):

@@ -21,7 +21,8 @@
  *   hold       stay connected --hold seconds, then one QoS 1 PUBLISH that
  *              must be acknowledged (proves the link survived)
  *   flood      --count QoS 1 PUBLISHes of --size bytes, fed while
- *              uplink_writable(), the rest from on_writable
+ *              uplink_writable(), the rest from on_writable (or a
+ *              graceful close there: --close-at-writable)
  *   wait       connect and wait for whatever the broker does
  */
 #include <errno.h>
@@ -41,7 +42,7 @@ static struct {
         const char *scenario;
         const char *topic;
         unsigned qos, count, size, hold, timeout;
-        bool ack, pause, graceful;
+        bool ack, pause, graceful, close_at_writable, forget_refused;
         struct uplink_params params;
         size_t max_packet;
 } opt = {
@@ -66,7 +67,28 @@ static struct {
         bool paused;
         uint16_t next_id;
         struct timespec t0;
+        double mark_wall, mark_cpu;     /* for "no busy loop" checks */
 } st;
+
+static double clock_ms(clockid_t c)
+{
+        struct timespec t;
+        clock_gettime(c, &t);
+        return (double) t.tv_sec * 1e3 + (double) t.tv_nsec / 1e6;
+}
+
+static void mark(void)
+{
+        st.mark_wall = clock_ms(CLOCK_MONOTONIC);
+        st.mark_cpu = clock_ms(CLOCK_PROCESS_CPUTIME_ID);
+}
+
+/* Wall and CPU time since mark(): an idle link must cost no CPU. */
+static void print_since_mark(void)
+{
+        printf(" wall_ms=%.0f cpu_ms=%.0f\n", clock_ms(CLOCK_MONOTONIC) - st.mark_wall,
+               clock_ms(CLOCK_PROCESS_CPUTIME_ID) - st.mark_cpu);
+}
 
 static void finish(bool graceful, int status)
 {
@@ -134,10 +156,17 @@ static void flood_feed(void)
 static void on_connack(void *ud, uint8_t rc, bool sp)
 {
         printf("connack rc=%u sp=%d\n", rc, sp);
+        if (rc != 0 && opt.forget_refused) {
+                /* uplink.h: a refused link frees itself after this. */
+                st.u = NULL;
+                st.closed = true;
+                return;
+        }
         if (rc != 0) {
                 finish(false, 0);
                 return;
         }
+        mark();
         if (!strcmp(opt.scenario, "connect")) {
                 finish(opt.graceful, 0);
         } else if (!strcmp(opt.scenario, "publish")) {
@@ -229,6 +258,7 @@ static void on_packet(void *ud, const struct mqtt_packet *pkt, const uint8_t *ra
                         uplink_pause_input(st.u, true);
                         st.paused = true;
                         printf("paused\n");
+                        mark();
                 }
                 break;
         default:
@@ -246,6 +276,12 @@ static void on_lost(void *ud, const char *why)
 static void on_writable(void *ud)
 {
         st.writable++;
+        if (opt.close_at_writable) {
+                flood_feed();   /* up to the high-water mark, then close */
+                printf("closing sent=%u queued=%zu\n", st.sent, uplink_queued(st.u));
+                finish(true, 0);
+                return;
+        }
         if (!strcmp(opt.scenario, "flood"))
                 flood_feed();
 }
@@ -261,7 +297,8 @@ static int on_usr1(sd_event_source *s, const struct signalfd_siginfo *si, void *
 {
         if (st.u && st.paused) {
                 st.paused = false;
-                printf("resumed while_paused=%u\n", st.while_paused);
+                printf("resumed while_paused=%u", st.while_paused);
+                print_since_mark();
                 uplink_pause_input(st.u, false);
         }
         return 0;
@@ -271,7 +308,11 @@ static int on_hold(sd_event_source *s, uint64_t usec, void *ud)
 {
         uint16_t id;
 
-        if (st.u && publish(1, "alive", 5, &id) < 0)
+        if (!st.u)
+                return 0;
+        printf("held");
+        print_since_mark();
+        if (publish(1, "alive", 5, &id) < 0)
                 finish(false, 1);
         return 0;
 }
@@ -336,6 +377,8 @@ int main(int argc, char **argv)
                 { "timeout", required_argument, NULL, 'T' },
                 { "connect-timeout", required_argument, NULL, 'O' },
                 { "max-packet", required_argument, NULL, 'M' },
+                { "close-at-writable", no_argument, NULL, 'X' },
+                { "forget-refused", no_argument, NULL, 'F' },
                 { "debug", no_argument, NULL, 'd' },
                 {},
         };
@@ -390,6 +433,8 @@ int main(int argc, char **argv)
                 case 'T': opt.timeout = (unsigned) atoi(optarg); break;
                 case 'O': cfg.connect_timeout = (unsigned) atoi(optarg); break;
                 case 'M': opt.max_packet = (size_t) atoll(optarg); break;
+                case 'X': opt.close_at_writable = true; break;
+                case 'F': opt.forget_refused = true; break;
                 case 'd': log_setup(LOG_LEVEL_DEBUG, LOG_TARGET_STDERR); break;
                 default: usage();
                 }
