@@ -9,6 +9,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "bridge.h"
+#include "conn_limits.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -108,6 +109,9 @@ int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
                 return r;
         sd_event_source_set_enabled(b->reaper, SD_EVENT_OFF);
 
+        r = conn_limits_new(((uint64_t) b->nonce << 32) ^ (uint64_t) b->start_time_usec, &b->conn_limits);
+        if (r < 0)
+                return r;
         for (size_t i = 0; i < b->cfg.listener.n_bind; i++) {
                 r = listener_new(b, b->cfg.listener.bind_address[i], b->cfg.listener.port, &b->listeners[i]);
                 if (r < 0)
@@ -152,6 +156,7 @@ void bridge_stop(struct bridge *b)
         b->uplinks = NULL;
         sd_event_source_disable_unref(b->reaper);
         sd_event_source_disable_unref(b->status_timer);
+        conn_limits_free(b->conn_limits); /* after every session and listener let go of theirs */
         SSL_CTX_free(b->device_ctx);
         config_free(&b->cfg);
         sd_event_unref(b->event);

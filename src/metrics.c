@@ -28,6 +28,7 @@
 
 #include "build-config.h"
 #include "bridge.h"
+#include "conn_limits.h"
 #include "list.h"
 #include "log.h"
 #include "metrics.h"
@@ -108,11 +109,25 @@ int metrics_render(const struct bridge *b, char **out, size_t *len)
              "Device connections refused: over max_connections, or with a refusing CONNACK, by reason.");
         fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"max_connections\"} %llu\n",
                 (unsigned long long) st->refused_max_connections);
+        fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"max_handshakes\"} %llu\n",
+                (unsigned long long) st->refused_max_handshakes);
+        fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"max_connections_per_address\"} %llu\n",
+                (unsigned long long) st->refused_per_address);
         fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"accept_error\"} %llu\n",
                 (unsigned long long) st->refused_accept_errors);
         for (int i = 1; i < BRIDGE_CONNACK_CODES; i++)
                 fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"%s\"} %llu\n",
                         connack_reason[i], (unsigned long long) st->refused_connack[i]);
+
+        one(f, "mqtt_edge_bridge_tls_handshakes_in_progress", "gauge",
+            "Device connections not past the TLS handshake yet (waiting for the first byte included).",
+            conn_limits_handshakes(b->conn_limits));
+        head(f, "mqtt_edge_bridge_idle_connections_closed_total", "counter",
+             "Device connections closed before their first TLS byte, by reason.");
+        fprintf(f, "mqtt_edge_bridge_idle_connections_closed_total{reason=\"first_byte_timeout\"} %llu\n",
+                (unsigned long long) st->closed_first_byte_timeout);
+        fprintf(f, "mqtt_edge_bridge_idle_connections_closed_total{reason=\"evicted\"} %llu\n",
+                (unsigned long long) st->closed_idle_evicted);
 
         head(f, "mqtt_edge_bridge_tls_handshakes_total", "counter",
              "Device TLS handshakes completed, full or resumed (by session ID).");
@@ -634,6 +649,13 @@ int metrics_print_status(FILE *f, const char *address, uint16_t port)
                 M("connections_refused_total{reason=\"identifier_rejected\"}"),
                 M("connections_refused_total{reason=\"server_unavailable\"}"),
                 M("connections_refused_total{reason=\"protocol_version\"}"));
+        fprintf(f, "  listener limits        %llu handshakes in progress; refused %llu max_handshakes, "
+                   "%llu max_connections_per_address; idle closed %llu first_byte_timeout, %llu evicted\n",
+                M("tls_handshakes_in_progress"),
+                M("connections_refused_total{reason=\"max_handshakes\"}"),
+                M("connections_refused_total{reason=\"max_connections_per_address\"}"),
+                M("idle_connections_closed_total{reason=\"first_byte_timeout\"}"),
+                M("idle_connections_closed_total{reason=\"evicted\"}"));
         fprintf(f, "  problems               %llu messages dropped, %llu publishes denied, %llu protocol errors, "
                    "%llu keepalive timeouts\n",
                 M("messages_dropped_total"), M("publishes_denied_total"), M("protocol_errors_total"),

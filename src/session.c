@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <openssl/crypto.h>
 
+#include "conn_limits.h"
 #include "outbox.h"
 #include "session_internal.h"
 #include "tls_server.h"
@@ -434,6 +435,7 @@ static void session_handshake(struct session *s)
                 return;
         }
 
+        conn_limits_handshake_done(s->b->conn_limits, s->fd); /* no longer counts against max_handshakes */
         r = tls_server_peer_cn(s->tls.ssl, s->cn, sizeof s->cn);
         if (r == -EINVAL) {
                 session_close(s, LOG_LEVEL_NOTICE, "client certificate subject has no usable CN");
@@ -602,6 +604,7 @@ void session_free(struct session *s)
         sd_event_source_disable_unref(s->resume);
         sd_event_source_disable_unref(s->reconnect);
         tls_conn_done(&s->tls);
+        conn_limits_remove(s->b->conn_limits, s->fd); /* before close: the number is reused */
         if (s->fd >= 0)
                 close(s->fd);
         session_release_outbox(s);
