@@ -55,6 +55,7 @@ struct metrics_client {
         sd_event_source *io;
         sd_event_source *timer;
         bool responded;          /* response queued: write it, then drain until EOF */
+        uint64_t accepted_usec;  /* CLOCK_MONOTONIC, to find the oldest */
         size_t req_len;
         char req[METRICS_MAX_REQUEST + 1];
         char *resp;
@@ -262,6 +263,9 @@ static int client_respond(struct metrics_client *c, const char *status, const ch
         c->resp_off = 0;
         c->responded = true;
         sd_event_source_set_io_events(c->io, EPOLLOUT);
+        /* The request came in time; the reader gets longer for the
+         * response (a few hundred kB at most). */
+        (void) sd_event_source_set_time_relative(c->timer, METRICS_TIMEOUT_USEC);
         return 0;
 }
 
@@ -370,6 +374,23 @@ static int client_on_timer(sd_event_source *src, uint64_t usec, void *userdata)
         return 0;
 }
 
+/* Every slot is taken: close the oldest connection that has not sent a
+ * whole request yet (an idle or slow one; a real scraper sends its request
+ * at once). Returns false when every slot is busy sending a response. */
+static bool metrics_evict_idle(struct metrics *m)
+{
+        struct metrics_client *oldest = NULL;
+
+        for (struct metrics_client *c = m->clients; c; c = c->clients_next)
+                if (!c->responded && (!oldest || c->accepted_usec <= oldest->accepted_usec))
+                        oldest = c;
+        if (!oldest)
+                return false;
+        log_debug("metrics: %u connections open, closing the oldest one without a request", m->n_clients);
+        client_free(oldest);
+        return true;
+}
+
 static int metrics_on_accept(sd_event_source *src, int fd, uint32_t revents, void *userdata)
 {
         struct metrics *m = userdata;
@@ -381,8 +402,8 @@ static int metrics_on_accept(sd_event_source *src, int fd, uint32_t revents, voi
                                 log_warning("metrics: accept: %s", strerror(errno));
                         return 0;
                 }
-                if (m->n_clients >= METRICS_MAX_CLIENTS) {
-                        /* A scraper runs one request at a time; more than this
+                if (m->n_clients >= METRICS_MAX_CLIENTS && !metrics_evict_idle(m)) {
+                        /* Every slot is sending a response: more than this
                          * is a fault or an attack, and the devices come first. */
                         log_debug("metrics: %u scrapes open already, connection closed", m->n_clients);
                         close(cfd);
@@ -395,10 +416,11 @@ static int metrics_on_accept(sd_event_source *src, int fd, uint32_t revents, voi
                 }
                 c->m = m;
                 c->fd = cfd;
+                sd_event_now(m->b->event, CLOCK_MONOTONIC, &c->accepted_usec);
                 LIST_PREPEND(clients, m->clients, c);
                 m->n_clients++;
                 if (sd_event_add_io(m->b->event, &c->io, cfd, EPOLLIN, client_on_io, c) < 0 ||
-                    sd_event_add_time_relative(m->b->event, &c->timer, CLOCK_MONOTONIC, METRICS_TIMEOUT_USEC,
+                    sd_event_add_time_relative(m->b->event, &c->timer, CLOCK_MONOTONIC, METRICS_READ_TIMEOUT_USEC,
                                                100 * 1000, client_on_timer, c) < 0) {
                         client_free(c);
                         continue;
@@ -434,7 +456,7 @@ int metrics_new(struct bridge *b, const char *address, uint16_t port, struct met
                 return r;
         }
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (bind(fd, (struct sockaddr *) &ss, len) < 0 || listen(fd, 16) < 0) {
+        if (bind(fd, (struct sockaddr *) &ss, len) < 0 || listen(fd, METRICS_MAX_CLIENTS) < 0) {
                 r = -errno;
                 log_error("metrics: cannot listen on %s port %u: %s", address, port, strerror(errno));
                 close(fd);
