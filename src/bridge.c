@@ -60,6 +60,18 @@ static int bridge_start_spool(struct bridge *b)
                 log_error("[spool] directory: cannot create %s: %s", dir, strerror(errno));
                 return -errno;
         }
+        /* Anyone who can write there can plant a spool file that would be
+         * replayed upstream in a device's name (or a link root follows). */
+        struct stat st;
+        if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+                log_error("[spool] directory: %s is not a directory", dir);
+                return -ENOTDIR;
+        }
+        if (st.st_mode & S_IWOTH) {
+                log_error("[spool] directory: %s is writable by every user (mode %04o); chmod o-w it (0700)",
+                          dir, (unsigned) (st.st_mode & 07777));
+                return -EPERM;
+        }
         if (access(dir, R_OK | W_OK | X_OK) < 0) {
                 log_error("[spool] directory: %s is not writable: %s", dir, strerror(errno));
                 return -errno;
