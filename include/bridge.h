@@ -57,6 +57,7 @@ struct bridge_stats {
         uint64_t msgs_replayed;          /* sent upstream from the spool (redeliveries included) */
         uint64_t spool_messages;         /* gauge: messages held in the spool now */
         uint64_t spool_bytes;            /* gauge: bytes of the spool files now */
+        uint64_t revoked_on_reload;      /* devices disconnected: certificate no longer verifies after a reload */
         uint64_t reloads_ok;
         uint64_t reloads_failed;
         bool last_reload_failed;

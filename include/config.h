@@ -50,6 +50,7 @@ struct config_listener {
         char *cafile;                 /* required when require_certificate */
         char *crlfile;                /* optional */
         bool require_certificate;     /* default true */
+        bool revoke_connected;        /* after a reload that changes the CA/CRL, drop devices that no longer verify; default true */
         int tls_version_min;          /* TLS1_VERSION..TLS1_3_VERSION; "tlsv1.2" default */
         char *ciphers;                /* TLS <= 1.2 cipher list; NULL = built-in default */
         char *ciphersuites;           /* TLS 1.3; NULL = OpenSSL default */

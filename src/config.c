@@ -71,7 +71,7 @@ static const char *const sections[] = { "listener", "upstream", "bridge", "limit
 enum {
         K_L_BIND, K_L_PORT, K_L_CERTFILE, K_L_KEYFILE, K_L_CAFILE, K_L_CRLFILE, K_L_REQCERT,
         K_L_TLSVER, K_L_CIPHERS, K_L_CIPHERSUITES, K_L_HS_TIMEOUT, K_L_CACHE, K_L_SESS_TIMEOUT,
-        K_L_FIRST_BYTE,
+        K_L_FIRST_BYTE, K_L_REVOKE,
         K_U_HOST, K_U_PORT, K_U_CAFILE, K_U_CAPATH, K_U_CERTFILE, K_U_KEYFILE, K_U_SERVER_NAME,
         K_U_TLSVER, K_U_CIPHERS, K_U_BIND, K_U_CONN_TIMEOUT,
         K_B_PREFIX, K_B_USERMODE, K_B_USERNAME, K_B_PASSMODE, K_B_PASSWORD, K_B_MOUNTPOINT,
@@ -96,6 +96,7 @@ static const struct key_desc keys[N_KEYS] = {
         [K_L_CIPHERSUITES] = { "listener", "ciphersuites", KEY_OPTSTRING, OFF(listener.ciphersuites), 0, 0, false },
         [K_L_HS_TIMEOUT] = { "listener", "handshake_timeout", KEY_UINT, OFF(listener.handshake_timeout), 1, 3600, false },
         [K_L_FIRST_BYTE] = { "listener", "first_byte_timeout", KEY_UINT, OFF(listener.first_byte_timeout), 1, 3600, false },
+        [K_L_REVOKE] = { "listener", "revoke_connected", KEY_BOOL, OFF(listener.revoke_connected), 0, 0, false },
         [K_L_CACHE] = { "listener", "session_cache_size", KEY_UINT, OFF(listener.session_cache_size), 0, 1000000, false },
         [K_L_SESS_TIMEOUT] = { "listener", "session_timeout", KEY_UINT, OFF(listener.session_timeout), 1, 2592000, false },
 
@@ -826,6 +827,7 @@ int config_init(struct config *cfg)
         cfg->listener.tls_version_min = TLS1_2_VERSION;
         cfg->listener.handshake_timeout = 10;
         cfg->listener.first_byte_timeout = 3;
+        cfg->listener.revoke_connected = true;
         cfg->listener.session_cache_size = 1024;
         cfg->listener.session_timeout = 86400;
 

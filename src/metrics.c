@@ -150,6 +150,10 @@ int metrics_render(const struct bridge *b, char **out, size_t *len)
         fprintf(f, "mqtt_edge_bridge_tls_handshakes_failed_total{reason=\"other\"} %llu\n",
                 (unsigned long long) (st->handshakes_failed > told ? st->handshakes_failed - told : 0));
 
+        one(f, "mqtt_edge_bridge_devices_revoked_total", "counter",
+            "Devices disconnected because their certificate no longer verified after a reload (CA or CRL).",
+            st->revoked_on_reload);
+
         head(f, "mqtt_edge_bridge_messages_total", "counter",
              "PUBLISH packets between devices and the bridge, by direction and QoS.");
         for (int d = 0; d < 2; d++)

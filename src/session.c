@@ -579,6 +579,28 @@ void session_close(struct session *s, enum log_level level, const char *reason)
         bridge_schedule_reap(s->b);
 }
 
+unsigned session_revalidate_all(struct bridge *b, SSL_CTX *ctx)
+{
+        struct session *s, *next;
+        unsigned closed = 0;
+
+        LIST_FOREACH_SAFE(sessions, s, next, b->sessions) {
+                char why[128], reason[192];
+                if (s->state == S_HANDSHAKE) {
+                        session_close(s, LOG_LEVEL_NOTICE, "TLS handshake under the previous CA/CRL, cut by a reload");
+                        closed++;
+                        continue;
+                }
+                if (s->state == S_CLOSED || tls_server_peer_reverify(s->tls.ssl, ctx, why, sizeof why) != -EPERM)
+                        continue;
+                snprintf(reason, sizeof reason, "certificate no longer verifies after reload: %s", why);
+                session_close(s, LOG_LEVEL_WARNING, reason);
+                b->stats.revoked_on_reload++;
+                closed++;
+        }
+        return closed;
+}
+
 struct session *session_reap_next(struct bridge *b)
 {
         struct session *s = b->reap;

@@ -4,7 +4,8 @@
   stays connected and keeps receiving; a new connection gets the new
   certificate (its serial, read with openssl s_client).
 - A device is revoked through a CRL added by a reload: its next connection
-  is refused with a log line; other devices carry on.
+  is refused with a log line; other devices carry on. If it is connected,
+  it is disconnected (unless revoke_connected = false).
 - A broken new configuration is rejected with a log line naming the
   problem, and the daemon keeps serving with the old one.
 """
@@ -20,6 +21,7 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from harness import BridgeTestCase, wait_for  # noqa: E402
+from rawmqtt import Witness  # noqa: E402
 
 
 def set_key(conf, section, key, value):
@@ -160,6 +162,50 @@ class TestRevokeByCrl(ReloadCase):
         self.assertIn("payload=still here", self.finish(dev))
         r = self.device("sensor-2").run(*self.creds("sensor-2"), "--pub", "crl/y=1")
         self.assertEqual(r.rc, 0, r)
+
+
+def revoke_and_reload(case, name):
+    """Revoke name's certificate, point the listener at the new CRL, reload."""
+    crt, _ = case.pki.device(name)
+    case.pki.ca.revoke(crt)
+    set_key(case.bridge.conf, "listener", "crlfile", case.pki.ca.crl())
+    return case.reload()
+
+
+class TestRevokeConnected(ReloadCase):
+    """Issue 12: a device revoked by a CRL reload used to stay connected
+    and keep publishing. Now it is disconnected, with a log line naming
+    the reason, while another device carries on publishing."""
+
+    def test_revoked_connected_device_is_disconnected(self):
+        revoked = self.start_listening_device("sensor-3", "rev/sensor-3", 1)
+        with Witness(self, "sensor-2", "rev/witness", count=40, interval_ms=100,
+                     creds=self.creds("sensor-2")):
+            log = revoke_and_reload(self, "sensor-3")
+            self.assertRegex(log, r"CA or CRL changed; connected devices checked again, 1 disconnected")
+            self.assertRegex(log, r"device disconnected.*cn=\"sensor-3\".*"
+                                  r"reason=\"certificate no longer verifies after reload: certificate revoked\"")
+            # Really gone: edge-device sees the connection end.
+            out, err = revoked.communicate(timeout=20)
+            self.assertNotEqual(revoked.returncode, 0, out + err)
+            self.assertNotIn("payload=", out)
+        # The witness (same CA, not revoked) published all 40, in order.
+        self.assertNotRegex(self.bridge.text(), r"device disconnected.*cn=\"sensor-2\".*reason=\"certificate")
+        # And the revoked one cannot come back.
+        r = self.device("sensor-3").run(*self.creds("sensor-3"), "--pub", "rev/x=1", "--timeout", "10")
+        self.assertNotEqual(r.rc, 0, r)
+        self.assertEqual(r.events("connack"), [], r)
+
+
+class TestRevokeConnectedOff(ReloadCase):
+    bridge_sections = {"listener": {"revoke_connected": "false"}}
+
+    def test_revoke_connected_false_keeps_todays_behaviour(self):
+        dev = self.start_listening_device("sensor-3", "revoff/sensor-3", 1)
+        log = revoke_and_reload(self, "sensor-3")
+        self.assertIn("revoke_connected = false, connected devices stay", log)
+        self.mosquitto.pub("revoff/sensor-3", "still here", qos=1)
+        self.assertIn("payload=still here", self.finish(dev))
 
 
 class TestBrokenConfig(ReloadCase):

@@ -139,6 +139,7 @@ static void assert_defaults(const struct config *c, bool files_set)
         }
         assert_null(c->listener.crlfile);
         assert_true(c->listener.require_certificate);
+        assert_true(c->listener.revoke_connected);
         assert_int_equal(c->listener.tls_version_min, TLS1_2_VERSION);
         assert_null(c->listener.ciphers);
         assert_null(c->listener.ciphersuites);
@@ -228,6 +229,7 @@ static void test_every_key(void **state)
                  "port = 8885\n"
                  "crlfile = %s\n"
                  "require_certificate = yes\n"
+                 "revoke_connected = no\n"
                  "tls_version = tlsv1\n"
                  "ciphers = ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256\n"
                  "ciphersuites = TLS_AES_128_GCM_SHA256\n"
@@ -276,6 +278,7 @@ static void test_every_key(void **state)
         assert_int_equal(cfg.listener.port, 8885);
         assert_string_equal(cfg.listener.crlfile, p_crl);
         assert_true(cfg.listener.require_certificate);
+        assert_false(cfg.listener.revoke_connected);
         assert_int_equal(cfg.listener.tls_version_min, TLS1_VERSION);
         assert_string_equal(cfg.listener.ciphers, "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256");
         assert_string_equal(cfg.listener.ciphersuites, "TLS_AES_128_GCM_SHA256");
