@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -83,6 +84,27 @@ static int bridge_start_spool(struct bridge *b)
         return 0;
 }
 
+/* Descriptors one device can hold: its TLS socket, its upstream socket,
+ * libmosquitto's socket pair, its spool file. */
+#define BRIDGE_FDS_PER_DEVICE 5
+#define BRIDGE_FDS_BASE 64
+
+/* Running out of descriptors shows as refused accepts much later; say it
+ * at start, while someone is looking. */
+static void bridge_check_nofile(const struct bridge *b)
+{
+        struct rlimit rl;
+        unsigned long long need = (unsigned long long) b->cfg.limits.max_connections * BRIDGE_FDS_PER_DEVICE +
+                                  BRIDGE_FDS_BASE;
+
+        if (!b->cfg.limits.max_connections || getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+                return;
+        if ((unsigned long long) rl.rlim_cur < need)
+                log_warning("[limits] max_connections = %u needs up to %llu file descriptors, the limit is %llu: "
+                            "raise LimitNOFILE= (ulimit -n) or lower max_connections",
+                            b->cfg.limits.max_connections, need, (unsigned long long) rl.rlim_cur);
+}
+
 int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
 {
         char err[512] = "";
@@ -132,6 +154,7 @@ int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
                 log_notice("listening for devices on %s port %u", b->cfg.listener.bind_address[i],
                            listener_port(b->listeners[i]));
         }
+        bridge_check_nofile(b);
         if (b->cfg.metrics.enabled) {
                 r = metrics_new(b, b->cfg.metrics.bind_address, b->cfg.metrics.port, &b->metrics);
                 if (r < 0)
