@@ -21,7 +21,6 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from harness import BridgeTestCase, wait_for  # noqa: E402
-from rawmqtt import Witness  # noqa: E402
 
 
 def set_key(conf, section, key, value):
@@ -179,17 +178,28 @@ class TestRevokeConnected(ReloadCase):
 
     def test_revoked_connected_device_is_disconnected(self):
         revoked = self.start_listening_device("sensor-3", "rev/sensor-3", 1)
-        with Witness(self, "sensor-2", "rev/witness", count=40, interval_ms=100,
-                     creds=self.creds("sensor-2")):
-            log = revoke_and_reload(self, "sensor-3")
-            self.assertRegex(log, r"CA or CRL changed; connected devices checked again, 1 disconnected")
-            self.assertRegex(log, r"device disconnected.*cn=\"sensor-3\".*"
-                                  r"reason=\"certificate no longer verifies after reload: certificate revoked\"")
-            # Really gone: edge-device sees the connection end.
-            out, err = revoked.communicate(timeout=20)
-            self.assertNotEqual(revoked.returncode, 0, out + err)
-            self.assertNotIn("payload=", out)
-        # The witness (same CA, not revoked) published all 40, in order.
+        # The other device publishes 60 numbered QoS 1 messages, 100 ms
+        # apart, across the reload.
+        count = 60
+        sub = self.mosquitto.sub("rev/witness", count, timeout=40)
+        pub = self.device("sensor-2").start(*self.creds("sensor-2"), "--count", str(count), "--topic",
+                                            "rev/witness", "--qos", "1", "--interval-ms", "100",
+                                            "--timeout", "30", "--quiet")
+        self.bridge.wait_log(r'CONNECT received.*client_id="sensor-2"', 10)
+        time.sleep(0.5)  # a few of its messages are through
+        log = revoke_and_reload(self, "sensor-3")
+        self.assertIsNone(pub.poll(), "the publishing device finished before the reload: raise count")
+        self.assertRegex(log, r"CA or CRL changed; connected devices checked again, 1 disconnected")
+        self.assertRegex(log, r"device disconnected.*cn=\"sensor-3\".*"
+                              r"reason=\"certificate no longer verifies after reload: certificate revoked\"")
+        # Really gone: edge-device saw the connection end.
+        out, err = revoked.communicate(timeout=30)
+        self.assertNotEqual(revoked.returncode, 0, out + err)
+        self.assertNotIn("payload=", out)
+        # The other one (same CA, not revoked) published all of them, in order.
+        out, err = pub.communicate(timeout=40)
+        self.assertEqual(pub.returncode, 0, out + err)
+        self.assertEqual([int(l.split()[1]) for l in sub.result(timeout=30)], list(range(1, count + 1)))
         self.assertNotRegex(self.bridge.text(), r"device disconnected.*cn=\"sensor-2\".*reason=\"certificate")
         # And the revoked one cannot come back.
         r = self.device("sensor-3").run(*self.creds("sensor-3"), "--pub", "rev/x=1", "--timeout", "10")
