@@ -84,9 +84,9 @@ static int bridge_start_spool(struct bridge *b)
         return 0;
 }
 
-/* Descriptors one device can hold: its TLS socket, its upstream socket,
- * libmosquitto's socket pair, its spool file. */
-#define BRIDGE_FDS_PER_DEVICE 5
+/* Descriptors one device can hold: its TLS socket, its uplink, its spool
+ * file, and a replayer's uplink while it is away. */
+#define BRIDGE_FDS_PER_DEVICE 4
 #define BRIDGE_FDS_BASE 64
 
 /* Running out of descriptors shows as refused accepts much later; say it
