@@ -94,7 +94,7 @@ class TestUnitFile(UnitTestCase):
         with open(os.path.join(MAN_DIR, "mqtt-edge-bridge.ini.5")) as f:
             text = f.read()
         self.assertIn(".SH MEMORY", text)
-        for part in ("input from the device", "output to the device", "in flight to the broker",
+        for part in ("input from the device", "output to the device", "in flight to broker",
                      "input from the broker", "per connected device"):
             self.assertIn(part, text)
         if shutil.which("man"):
