@@ -389,6 +389,13 @@ int spool_open_path(const char *path, uint64_t max_bytes, struct spool **out)
                 r = spool_read_at(s, off, &rec, &buf, &used);
                 if (r < 0 && r != -EBADMSG)
                         goto fail;
+                if (r == 1 && rec.type == SPOOL_MESSAGE && rec.seq <= max_seq) {
+                        /* A file's messages are numbered upwards: an older
+                         * one here is stale data (blocks of the file before
+                         * it was emptied, a misdirected write), not ours. */
+                        free(buf);
+                        r = -EBADMSG;
+                }
                 if (r == 1) {
                         if (rec.type == SPOOL_MESSAGE) {
                                 if (in_gap) {

@@ -400,6 +400,22 @@ static void test_resync_skips_stale_copies(void **state)
         assert_int_equal(n, 8);
         assert_memory_equal(seqs, want, sizeof want);
         spool_close(s);
+
+        /* An old record exactly where a record starts (old blocks of a
+         * file emptied and written again): it decodes, but its number is
+         * not above the ones before it, so it is not taken for ours. */
+        write_ten("stale2", offs, path, sizeof path);
+        fd = open(path, O_RDWR);
+        assert_true(fd >= 0);
+        assert_int_equal(pread(fd, rec, rlen, (off_t) offs[0]), (ssize_t) rlen);
+        assert_int_equal(pwrite(fd, rec, rlen, (off_t) offs[4]), (ssize_t) rlen);
+        close(fd);
+        assert_int_equal(spool_open(dir, "stale2", 0, &s), 0);
+        n = read_all(s, seqs, 16);
+        uint64_t want2[9] = { 1, 2, 3, 4, 6, 7, 8, 9, 10 };
+        assert_int_equal(n, 9);
+        assert_memory_equal(seqs, want2, sizeof want2);
+        spool_close(s);
 }
 
 static void test_find_magic_and_no_symlinks(void **state)
