@@ -292,7 +292,7 @@ class EdgeBridge:
                          if upstream == "tls" else {"host": m.sock}),
             # The benchmark's files are root's, like mosquitto's "user root".
             "bridge": {"user": ""} if os.geteuid() == 0 else {},
-            "limits": {"max_connections": "0"},
+            "limits": {"max_connections": "0", "max_handshakes": "0", "max_connections_per_address": "0"},
             "spool": {"directory": os.path.join(self.dir, "spool")},
             "log": {"level": level, "target": "stderr"},
         }

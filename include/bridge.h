@@ -19,6 +19,7 @@ struct listener;
 struct uplink_pool;
 struct replayer;
 struct metrics;
+struct conn_limits;
 
 /* CONNACK return codes (MQTT 3.1.1 §3.2.2.3), to count refusals by. */
 #define BRIDGE_CONNACK_CODES 6
@@ -31,6 +32,10 @@ struct metrics;
 struct bridge_stats {
         uint64_t connections_accepted;
         uint64_t refused_max_connections;
+        uint64_t refused_max_handshakes;   /* handshakes in progress at max_handshakes */
+        uint64_t refused_per_address;      /* over max_connections_per_address */
+        uint64_t closed_first_byte_timeout; /* no TLS byte within first_byte_timeout */
+        uint64_t closed_idle_evicted;      /* no TLS byte yet, closed to make room (max_handshakes) */
         uint64_t refused_accept_errors;  /* accept() failed: out of descriptors or memory */
         uint64_t refused_connack[BRIDGE_CONNACK_CODES]; /* by CONNACK return code 1..5 sent to refuse */
         uint64_t handshakes_full;
@@ -52,6 +57,7 @@ struct bridge_stats {
         uint64_t msgs_replayed;          /* sent upstream from the spool (redeliveries included) */
         uint64_t spool_messages;         /* gauge: messages held in the spool now */
         uint64_t spool_bytes;            /* gauge: bytes of the spool files now */
+        uint64_t revoked_on_reload;      /* devices disconnected: certificate no longer verifies after a reload */
         uint64_t reloads_ok;
         uint64_t reloads_failed;
         bool last_reload_failed;
@@ -70,6 +76,7 @@ struct bridge {
         sd_event_source *reaper;
         sd_event_source *status_timer;
         struct metrics *metrics;     /* NULL when [metrics] enabled = false */
+        struct conn_limits *conn_limits; /* connections, handshakes, per address (listener.c) */
         uint64_t start_time_usec;    /* CLOCK_REALTIME, for process_start_time_seconds */
         unsigned n_sessions;
         unsigned n_devices;          /* sessions past CONNACK 0 */

@@ -50,10 +50,12 @@ struct config_listener {
         char *cafile;                 /* required when require_certificate */
         char *crlfile;                /* optional */
         bool require_certificate;     /* default true */
+        bool revoke_connected;        /* after a reload that changes the CA/CRL, drop devices that no longer verify; default true */
         int tls_version_min;          /* TLS1_VERSION..TLS1_3_VERSION; "tlsv1.2" default */
         char *ciphers;                /* TLS <= 1.2 cipher list; NULL = built-in default */
         char *ciphersuites;           /* TLS 1.3; NULL = OpenSSL default */
         unsigned handshake_timeout;   /* seconds, default 10 */
+        unsigned first_byte_timeout;  /* seconds before the first TLS byte, default 3 (capped by handshake_timeout) */
         unsigned session_cache_size;  /* TLS sessions, default 1024 (0 = off) */
         unsigned session_timeout;     /* seconds, default 86400 */
 };
@@ -86,6 +88,8 @@ struct config_bridge {
 
 struct config_limits {
         unsigned max_connections;     /* default 1024 (0 = unlimited) */
+        unsigned max_handshakes;      /* TLS handshakes in progress, default 64 (0 = unlimited) */
+        unsigned max_connections_per_address; /* per source IP address, default 32 (0 = unlimited) */
         size_t max_packet_size;       /* bytes, default 262144 */
         unsigned max_inflight_messages; /* per device and direction, default 20 */
         size_t max_queued_bytes;      /* per device, outgoing to the device, default 1048576 */

@@ -3,9 +3,15 @@
 
 /*
  * listener — one bound TCP socket for devices. Accepts, applies
- * max_connections (an extra connection is accepted and closed at once, with
- * a log line and a counter, rather than left waiting in the backlog), and
- * hands each socket to a new session.
+ * max_connections, max_handshakes and max_connections_per_address
+ * (conn_limits.h; an extra connection is accepted and closed at once, with
+ * a log line and a counter, rather than left waiting in the backlog),
+ * holds each new socket without TLS state until its first byte arrives
+ * (first_byte_timeout), and then hands it to a new session.
+ *
+ * The session reports back to b->conn_limits, keyed by its fd:
+ * conn_limits_handshake_done() once the TLS handshake succeeded, and
+ * conn_limits_remove() before it closes the fd.
  */
 
 #include <stdint.h>

@@ -8,8 +8,12 @@
  *
  * The server is a deliberately tiny HTTP/1.0 responder on the daemon's
  * sd-event loop: GET /metrics only, one request per connection, request
- * at most METRICS_MAX_REQUEST bytes, at most METRICS_MAX_CLIENTS
- * connections at once, each closed after METRICS_TIMEOUT_USEC. It has no
+ * at most METRICS_MAX_REQUEST bytes, which must arrive within
+ * METRICS_READ_TIMEOUT_USEC of the accept; the response then gets
+ * METRICS_TIMEOUT_USEC to be read. At most METRICS_MAX_CLIENTS connections
+ * at once: when a new one comes with every slot taken, the oldest
+ * connection still waiting for its request is closed to make room, so
+ * idle local connections cannot stop a real scrape (issue 12). It has no
  * authentication: it binds to 127.0.0.1 unless told otherwise.
  */
 
@@ -21,7 +25,8 @@ struct bridge;
 struct metrics;
 
 #define METRICS_MAX_REQUEST 2048
-#define METRICS_MAX_CLIENTS 16
+#define METRICS_MAX_CLIENTS 64
+#define METRICS_READ_TIMEOUT_USEC (2 * 1000 * 1000ULL)
 #define METRICS_TIMEOUT_USEC (5 * 1000 * 1000ULL)
 
 /* Listen on address:port (IPv4/IPv6 literal; port 0 = any, see

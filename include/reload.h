@@ -12,7 +12,9 @@
  * success new connections use the new listener certificate, CA and CRL
  * (and an empty TLS session cache, so a device revoked by the new CRL
  * cannot come back by resuming an old session); connected devices keep
- * their TLS connection and upstream session. Limits, [bridge], [upstream]
+ * their TLS connection and upstream session, except, when the CA or CRL
+ * changed and [listener] revoke_connected is true, those whose certificate
+ * no longer verifies (session_revalidate_all). Limits, [bridge], [upstream]
  * and [log] settings apply from the next use on. What cannot change under
  * a bound socket or an open spool — [listener] bind_address and port,
  * [spool] — keeps its running value, with a log line saying a restart is

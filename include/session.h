@@ -14,6 +14,7 @@
 
 #include <stdbool.h>
 #include <sys/socket.h>
+#include <openssl/ssl.h>
 
 struct bridge;
 struct session;
@@ -32,3 +33,10 @@ void session_shutdown(struct session *s);
 
 /* Unlink s from the reap list and return the next one (used by the reaper). */
 struct session *session_reap_next(struct bridge *b);
+
+/* After a reload that changed the CA or CRL: check every connected
+ * device's certificate against ctx (tls_server_peer_reverify) and close,
+ * with a log line naming the reason, each one that no longer verifies;
+ * close those still in the TLS handshake too (it runs against the old CA
+ * and CRL; the device connects again). Returns how many were closed. */
+unsigned session_revalidate_all(struct bridge *b, SSL_CTX *ctx);

@@ -22,9 +22,12 @@
  * had "username\0password" and SPOOL_META_PASSWORD: read, the password
  * is discarded and never written again.)
  *
- * All integers big-endian. A record that is cut short or fails its CRC
- * marks the end of the usable file: it was being written when the process
- * died, so it was never acknowledged to a device (acks follow fsync).
+ * All integers big-endian. A record cut short at the end of the file was
+ * being written when the process died, so it was never acknowledged to a
+ * device (acks follow fsync): it is cut off. A record that does not decode
+ * with more data after it is damage (a bad disk, a stray write): reading
+ * resynchronises on the next record whose magic, lengths and CRC check
+ * out (spool_find_magic), and what was skipped is reported.
  */
 
 #include <stdbool.h>
@@ -74,3 +77,8 @@ int spool_record_encode(uint8_t *buf, size_t cap, const struct spool_record *r);
  * not a valid record (bad magic, CRC, lengths, type, QoS).
  */
 int spool_record_decode(const uint8_t *buf, size_t len, struct spool_record *r, size_t *used);
+
+/* The offset of the first record magic ("MEBS") in buf, or len when there
+ * is none; a magic cut by the end of buf is not found (search again from
+ * len - 3 with more bytes). */
+size_t spool_find_magic(const uint8_t *buf, size_t len);

@@ -51,6 +51,25 @@ void tls_server_attach_verify_info(SSL *ssl, struct tls_verify_info *info);
 int tls_server_peer_cn(SSL *ssl, char *buf, size_t len);
 
 /*
+ * Verify the certificate the peer of an established ssl presented (and
+ * the intermediates it sent) against ctx's trust store, CRLs and verify
+ * settings, as a new handshake with ctx would now (after a reload changed
+ * the CA or CRL). Returns 0 when it verifies, or when ctx verifies no
+ * client certificate at all; -ENOENT when the peer sent no certificate;
+ * -EPERM with OpenSSL's reason in why ("certificate revoked", ...) when it
+ * does not verify; -ENOMEM.
+ */
+int tls_server_peer_reverify(SSL *ssl, SSL_CTX *ctx, char *why, size_t whylen);
+
+/*
+ * A SHA-256 over what decides whether a client certificate verifies with
+ * ctx: every CA certificate and CRL in its store, the store's verify flags
+ * and the verify mode. Two contexts with the same digest accept the same
+ * devices. Returns 0 and out, or -ENOMEM.
+ */
+int tls_server_trust_digest(SSL_CTX *ctx, unsigned char out[32]);
+
+/*
  * Make the upstream (client) SSL_CTX from [upstream], shared by every
  * libmosquitto client through MOSQ_OPT_SSL_CTX. libmosquitto applies no
  * verification to a context passed this way, so this sets it all:

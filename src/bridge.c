@@ -3,12 +3,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <systemd/sd-daemon.h>
 
 #include "bridge.h"
+#include "conn_limits.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -59,6 +61,18 @@ static int bridge_start_spool(struct bridge *b)
                 log_error("[spool] directory: cannot create %s: %s", dir, strerror(errno));
                 return -errno;
         }
+        /* Anyone who can write there can plant a spool file that would be
+         * replayed upstream in a device's name (or a link root follows). */
+        struct stat st;
+        if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+                log_error("[spool] directory: %s is not a directory", dir);
+                return -ENOTDIR;
+        }
+        if (st.st_mode & S_IWOTH) {
+                log_error("[spool] directory: %s is writable by every user (mode %04o); chmod o-w it (0700)",
+                          dir, (unsigned) (st.st_mode & 07777));
+                return -EPERM;
+        }
         if (access(dir, R_OK | W_OK | X_OK) < 0) {
                 log_error("[spool] directory: %s is not writable: %s", dir, strerror(errno));
                 return -errno;
@@ -68,6 +82,27 @@ static int bridge_start_spool(struct bridge *b)
                 log_notice("spool %s: %u device%s with messages from before the restart, sending them upstream",
                            dir, files, files == 1 ? "" : "s");
         return 0;
+}
+
+/* Descriptors one device can hold: its TLS socket, its uplink, its spool
+ * file, and a replayer's uplink while it is away. */
+#define BRIDGE_FDS_PER_DEVICE 4
+#define BRIDGE_FDS_BASE 64
+
+/* Running out of descriptors shows as refused accepts much later; say it
+ * at start, while someone is looking. */
+static void bridge_check_nofile(const struct bridge *b)
+{
+        struct rlimit rl;
+        unsigned long long need = (unsigned long long) b->cfg.limits.max_connections * BRIDGE_FDS_PER_DEVICE +
+                                  BRIDGE_FDS_BASE;
+
+        if (!b->cfg.limits.max_connections || getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+                return;
+        if ((unsigned long long) rl.rlim_cur < need)
+                log_warning("[limits] max_connections = %u needs up to %llu file descriptors, the limit is %llu: "
+                            "raise LimitNOFILE= (ulimit -n) or lower max_connections",
+                            b->cfg.limits.max_connections, need, (unsigned long long) rl.rlim_cur);
 }
 
 int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
@@ -110,6 +145,9 @@ int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
                 return r;
         sd_event_source_set_enabled(b->reaper, SD_EVENT_OFF);
 
+        r = conn_limits_new(((uint64_t) b->nonce << 32) ^ (uint64_t) b->start_time_usec, &b->conn_limits);
+        if (r < 0)
+                return r;
         for (size_t i = 0; i < b->cfg.listener.n_bind; i++) {
                 r = listener_new(b, b->cfg.listener.bind_address[i], b->cfg.listener.port, &b->listeners[i]);
                 if (r < 0)
@@ -118,6 +156,7 @@ int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
                 log_notice("listening for devices on %s port %u", b->cfg.listener.bind_address[i],
                            listener_port(b->listeners[i]));
         }
+        bridge_check_nofile(b);
         if (b->cfg.metrics.enabled) {
                 r = metrics_new(b, b->cfg.metrics.bind_address, b->cfg.metrics.port, &b->metrics);
                 if (r < 0)
@@ -154,6 +193,7 @@ void bridge_stop(struct bridge *b)
         b->uplinks = NULL;
         sd_event_source_disable_unref(b->reaper);
         sd_event_source_disable_unref(b->status_timer);
+        conn_limits_free(b->conn_limits); /* after every session and listener let go of theirs */
         SSL_CTX_free(b->device_ctx);
         config_free(&b->cfg);
         sd_event_unref(b->event);

@@ -71,11 +71,12 @@ static const char *const sections[] = { "listener", "upstream", "bridge", "limit
 enum {
         K_L_BIND, K_L_PORT, K_L_CERTFILE, K_L_KEYFILE, K_L_CAFILE, K_L_CRLFILE, K_L_REQCERT,
         K_L_TLSVER, K_L_CIPHERS, K_L_CIPHERSUITES, K_L_HS_TIMEOUT, K_L_CACHE, K_L_SESS_TIMEOUT,
+        K_L_FIRST_BYTE, K_L_REVOKE,
         K_U_HOST, K_U_PORT, K_U_CAFILE, K_U_CAPATH, K_U_CERTFILE, K_U_KEYFILE, K_U_SERVER_NAME,
         K_U_TLSVER, K_U_CIPHERS, K_U_BIND, K_U_CONN_TIMEOUT,
         K_B_PREFIX, K_B_USERMODE, K_B_USERNAME, K_B_PASSMODE, K_B_PASSWORD, K_B_MOUNTPOINT,
         K_B_MATCHCN, K_B_TAKEOVER, K_B_USER,
-        K_M_MAXCONN, K_M_PACKET, K_M_INFLIGHT, K_M_QUEUED, K_M_KEEPALIVE, K_M_SUBS,
+        K_M_MAXCONN, K_M_MAXHS, K_M_PERADDR, K_M_PACKET, K_M_INFLIGHT, K_M_QUEUED, K_M_KEEPALIVE, K_M_SUBS,
         K_S_DIR, K_S_MAX, K_S_MAX_DEV,
         K_X_ENABLED, K_X_BIND, K_X_PORT,
         K_G_LEVEL, K_G_TARGET,
@@ -94,6 +95,8 @@ static const struct key_desc keys[N_KEYS] = {
         [K_L_CIPHERS] = { "listener", "ciphers", KEY_OPTSTRING, OFF(listener.ciphers), 0, 0, false },
         [K_L_CIPHERSUITES] = { "listener", "ciphersuites", KEY_OPTSTRING, OFF(listener.ciphersuites), 0, 0, false },
         [K_L_HS_TIMEOUT] = { "listener", "handshake_timeout", KEY_UINT, OFF(listener.handshake_timeout), 1, 3600, false },
+        [K_L_FIRST_BYTE] = { "listener", "first_byte_timeout", KEY_UINT, OFF(listener.first_byte_timeout), 1, 3600, false },
+        [K_L_REVOKE] = { "listener", "revoke_connected", KEY_BOOL, OFF(listener.revoke_connected), 0, 0, false },
         [K_L_CACHE] = { "listener", "session_cache_size", KEY_UINT, OFF(listener.session_cache_size), 0, 1000000, false },
         [K_L_SESS_TIMEOUT] = { "listener", "session_timeout", KEY_UINT, OFF(listener.session_timeout), 1, 2592000, false },
 
@@ -120,6 +123,8 @@ static const struct key_desc keys[N_KEYS] = {
         [K_B_USER] = { "bridge", "user", KEY_OPTSTRING, OFF(bridge.user), 0, 0, false },
 
         [K_M_MAXCONN] = { "limits", "max_connections", KEY_UINT, OFF(limits.max_connections), 0, 1000000, false },
+        [K_M_MAXHS] = { "limits", "max_handshakes", KEY_UINT, OFF(limits.max_handshakes), 0, 1000000, false },
+        [K_M_PERADDR] = { "limits", "max_connections_per_address", KEY_UINT, OFF(limits.max_connections_per_address), 0, 1000000, false },
         /* §2.2.3: remaining length ≤ 268435455, plus at most 5 header bytes. */
         [K_M_PACKET] = { "limits", "max_packet_size", KEY_SIZE, OFF(limits.max_packet_size), 64, 268435460ull, false },
         /* A 16-bit packet identifier (§2.3.1) bounds what can be in flight. */
@@ -822,6 +827,8 @@ int config_init(struct config *cfg)
         cfg->listener.require_certificate = true;
         cfg->listener.tls_version_min = TLS1_2_VERSION;
         cfg->listener.handshake_timeout = 10;
+        cfg->listener.first_byte_timeout = 3;
+        cfg->listener.revoke_connected = true;
         cfg->listener.session_cache_size = 1024;
         cfg->listener.session_timeout = 86400;
 
@@ -838,6 +845,8 @@ int config_init(struct config *cfg)
         cfg->bridge.user = strdup("mqtt-edge-bridge");
 
         cfg->limits.max_connections = 1024;
+        cfg->limits.max_handshakes = 64;
+        cfg->limits.max_connections_per_address = 32;
         cfg->limits.max_packet_size = 262144;
         cfg->limits.max_inflight_messages = 20;
         cfg->limits.max_queued_bytes = 1048576;

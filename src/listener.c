@@ -11,9 +11,25 @@
 #include <unistd.h>
 
 #include "bridge.h"
+#include "conn_limits.h"
+#include "list.h"
 #include "listener.h"
 #include "log.h"
 #include "session.h"
+
+/* An accepted socket that has not sent its first byte yet. It gets no
+ * session (no SSL object, no buffers) until it does, and only
+ * first_byte_timeout to do so: a device sends its ClientHello right after
+ * the TCP handshake, an idle socket is a probe or an attack. */
+struct waiting {
+        struct listener *l;
+        LIST_FIELDS(struct waiting, waiting);
+        int fd;
+        struct sockaddr_storage ss;
+        socklen_t len;
+        uint64_t deadline;        /* CLOCK_MONOTONIC usec */
+        sd_event_source *io;
+};
 
 struct listener {
         struct bridge *b;
@@ -21,7 +37,233 @@ struct listener {
         uint16_t port;
         sd_event_source *io;
         sd_event_source *retry;   /* re-enables io after running out of descriptors */
+        struct waiting *wait_head; /* oldest first (all share one timeout) */
+        struct waiting *wait_tail;
+        sd_event_source *wait_timer; /* at the head's deadline */
+        struct refusal_log {
+                uint64_t window_usec; /* start of the current one-second window */
+                unsigned logged;      /* lines in it */
+                unsigned suppressed;  /* refusals not logged since the last line */
+        } refusal_logs[4];        /* by enum conn_verdict */
 };
+
+static uint64_t listener_now(const struct listener *l)
+{
+        uint64_t now = 0;
+        sd_event_now(l->b->event, CLOCK_MONOTONIC, &now);
+        return now;
+}
+
+/* REFUSAL_LOG_BURST lines per reason and second at most: a flood of
+ * refusals must not become a flood of journal lines (the counters keep the
+ * full count, and the next line says how many went unlogged). */
+#define REFUSAL_LOG_BURST 10
+
+static void listener_log_refusal(struct listener *l, enum conn_verdict v, const struct sockaddr *sa)
+{
+        struct bridge *b = l->b;
+        struct refusal_log *rl = &l->refusal_logs[v];
+        uint64_t now = listener_now(l);
+        char peer[INET6_ADDRSTRLEN + 8];
+
+        if (now >= rl->window_usec + 1000000ULL) {
+                rl->window_usec = now;
+                rl->logged = 0;
+        }
+        if (rl->logged >= REFUSAL_LOG_BURST) {
+                rl->suppressed++;
+                return;
+        }
+        rl->logged++;
+        log_format_peer(peer, sizeof peer, sa);
+        struct log_fields f = { .peer = peer, .reason = conn_verdict_to_string(v) };
+        if (rl->suppressed) {
+                log_msg(LOG_LEVEL_WARNING, &f, "%u more connection%s refused for %s, not logged",
+                        rl->suppressed, rl->suppressed == 1 ? "" : "s", conn_verdict_to_string(v));
+                rl->suppressed = 0;
+        }
+        switch (v) {
+        case CONN_REFUSE_PER_ADDRESS:
+                log_msg(LOG_LEVEL_WARNING, &f, "connection refused: %u connections from this address already "
+                        "(max_connections_per_address)", conn_limits_from(b->conn_limits, sa));
+                break;
+        case CONN_REFUSE_MAX_HANDSHAKES:
+                log_msg(LOG_LEVEL_WARNING, &f, "connection refused: %u TLS handshakes already in progress "
+                        "(max_handshakes)", conn_limits_handshakes(b->conn_limits));
+                break;
+        default:
+                log_msg(LOG_LEVEL_WARNING, &f, "connection refused: %u connections already open",
+                        conn_limits_connections(b->conn_limits));
+                break;
+        }
+}
+
+static void waiting_free(struct waiting *w, bool close_fd)
+{
+        struct listener *l = w->l;
+
+        sd_event_source_disable_unref(w->io);
+        if (w->waiting_next)
+                w->waiting_next->waiting_prev = w->waiting_prev;
+        else
+                l->wait_tail = w->waiting_prev;
+        LIST_REMOVE(waiting, l->wait_head, w);
+        if (close_fd) {
+                conn_limits_remove(l->b->conn_limits, w->fd);
+                close(w->fd);
+        }
+        free(w);
+}
+
+static void listener_arm_wait_timer(struct listener *l)
+{
+        if (!l->wait_head) {
+                sd_event_source_set_enabled(l->wait_timer, SD_EVENT_OFF);
+                return;
+        }
+        sd_event_source_set_time(l->wait_timer, l->wait_head->deadline);
+        sd_event_source_set_enabled(l->wait_timer, SD_EVENT_ONESHOT);
+}
+
+static void waiting_close(struct waiting *w, const char *reason, const char *what)
+{
+        char peer[INET6_ADDRSTRLEN + 8];
+
+        log_format_peer(peer, sizeof peer, (struct sockaddr *) &w->ss);
+        struct log_fields f = { .peer = peer, .reason = reason };
+        log_msg(LOG_LEVEL_INFO, &f, "connection closed: %s", what);
+        waiting_free(w, true);
+}
+
+static int listener_on_wait_timer(sd_event_source *src, uint64_t usec, void *userdata)
+{
+        struct listener *l = userdata;
+        uint64_t now = listener_now(l);
+
+        /* Bounded by the list, which max_handshakes bounds. */
+        while (l->wait_head && l->wait_head->deadline <= now) {
+                l->b->stats.closed_first_byte_timeout++;
+                waiting_close(l->wait_head, "first_byte_timeout", "no TLS byte within first_byte_timeout");
+        }
+        listener_arm_wait_timer(l);
+        return 0;
+}
+
+/* The first byte (or EOF, or an error) is there: from now on it is a TLS
+ * connection like any other, and session_new runs the handshake under
+ * handshake_timeout. It stays a handshake in progress for conn_limits
+ * until the session reports the handshake done. */
+static int waiting_on_io(sd_event_source *src, int fd, uint32_t revents, void *userdata)
+{
+        struct waiting *w = userdata;
+        struct listener *l = w->l;
+        struct sockaddr_storage ss = w->ss;
+        socklen_t len = w->len;
+
+        waiting_free(w, false); /* removes fd from epoll before the session adds it */
+        if (session_new(l->b, fd, (struct sockaddr *) &ss, len) < 0)
+                conn_limits_remove(l->b->conn_limits, fd); /* session_new closed fd */
+        listener_arm_wait_timer(l);
+        return 0;
+}
+
+/* Close the socket that has waited longest for its first byte, in any
+ * listener, to make room for a new connection. Returns true if one was
+ * closed. An idle socket sends nothing, so closing the oldest costs a
+ * device nothing: it would have sent its ClientHello long ago. */
+static bool listener_evict_idle(struct bridge *b)
+{
+        struct waiting *oldest = NULL;
+
+        for (size_t i = 0; i < b->n_listeners; i++) {
+                struct waiting *w = b->listeners[i] ? b->listeners[i]->wait_head : NULL;
+                if (w && (!oldest || w->deadline < oldest->deadline))
+                        oldest = w;
+        }
+        if (!oldest)
+                return false;
+        struct listener *l = oldest->l;
+        b->stats.closed_idle_evicted++;
+        waiting_close(oldest, "max_handshakes", "no TLS byte yet, and max_handshakes reached: "
+                      "making room for a new connection");
+        listener_arm_wait_timer(l);
+        return true;
+}
+
+static struct conn_limits_config listener_limits(const struct bridge *b)
+{
+        return (struct conn_limits_config){
+                .max_connections = b->cfg.limits.max_connections,
+                .max_handshakes = b->cfg.limits.max_handshakes,
+                .max_per_address = b->cfg.limits.max_connections_per_address,
+        };
+}
+
+/* Admit cfd or close it; returns nothing, logs and counts a refusal. */
+static void listener_admit(struct listener *l, int cfd, const struct sockaddr_storage *ss, socklen_t len)
+{
+        struct bridge *b = l->b;
+        struct conn_limits_config c = listener_limits(b);
+        enum conn_verdict v = conn_limits_check(b->conn_limits, &c, (const struct sockaddr *) ss);
+        struct waiting *w;
+
+        if (v == CONN_REFUSE_MAX_HANDSHAKES && listener_evict_idle(b))
+                v = conn_limits_check(b->conn_limits, &c, (const struct sockaddr *) ss);
+        if (v != CONN_ADMIT) {
+                switch (v) {
+                case CONN_REFUSE_PER_ADDRESS:
+                        b->stats.refused_per_address++;
+                        break;
+                case CONN_REFUSE_MAX_HANDSHAKES:
+                        b->stats.refused_max_handshakes++;
+                        break;
+                default:
+                        b->stats.refused_max_connections++;
+                        break;
+                }
+                listener_log_refusal(l, v, (const struct sockaddr *) ss);
+                close(cfd);
+                return;
+        }
+        if (conn_limits_add(b->conn_limits, cfd, (const struct sockaddr *) ss) < 0) {
+                close(cfd);
+                return;
+        }
+        int one = 1;
+        (void) setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+
+        w = calloc(1, sizeof *w);
+        if (!w)
+                goto fail;
+        w->l = l;
+        w->fd = cfd;
+        memcpy(&w->ss, ss, len);
+        w->len = len;
+        {
+                unsigned t = b->cfg.listener.first_byte_timeout;
+                if (t == 0 || t > b->cfg.listener.handshake_timeout)
+                        t = b->cfg.listener.handshake_timeout;
+                w->deadline = listener_now(l) + (uint64_t) t * 1000000ULL;
+        }
+        if (sd_event_add_io(b->event, &w->io, cfd, EPOLLIN, waiting_on_io, w) < 0) {
+                free(w);
+                goto fail;
+        }
+        /* Append: deadlines only grow, so the list stays sorted. */
+        w->waiting_prev = l->wait_tail;
+        w->waiting_next = NULL;
+        if (l->wait_tail)
+                l->wait_tail->waiting_next = w;
+        else
+                l->wait_head = w;
+        l->wait_tail = w;
+        if (l->wait_head == w)
+                listener_arm_wait_timer(l);
+        return;
+fail:
+        conn_limits_remove(b->conn_limits, cfd);
+        close(cfd);
+}
 
 static int listener_on_retry(sd_event_source *src, uint64_t usec, void *userdata)
 {
@@ -68,19 +310,7 @@ static int listener_on_accept(sd_event_source *src, int fd, uint32_t revents, vo
                         return 0;
                 }
                 b->stats.connections_accepted++;
-                if (b->cfg.limits.max_connections && b->n_sessions >= b->cfg.limits.max_connections) {
-                        char peer[INET6_ADDRSTRLEN + 8];
-                        log_format_peer(peer, sizeof peer, (struct sockaddr *) &ss);
-                        struct log_fields f = { .peer = peer, .reason = "max_connections" };
-                        b->stats.refused_max_connections++;
-                        log_msg(LOG_LEVEL_WARNING, &f, "connection refused: %u connections already open",
-                                b->n_sessions);
-                        close(cfd);
-                        continue;
-                }
-                int one = 1;
-                (void) setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-                (void) session_new(b, cfd, (struct sockaddr *) &ss, len);
+                listener_admit(l, cfd, &ss, len);
         }
         return 0;
 }
@@ -139,6 +369,13 @@ int listener_new(struct bridge *b, const char *address, uint16_t port, struct li
                 listener_free(l);
                 return r;
         }
+        r = sd_event_add_time(b->event, &l->wait_timer, CLOCK_MONOTONIC, 0, 100000,
+                              listener_on_wait_timer, l);
+        if (r < 0) {
+                listener_free(l);
+                return r;
+        }
+        sd_event_source_set_enabled(l->wait_timer, SD_EVENT_OFF);
         *out = l;
         return 0;
 }
@@ -152,6 +389,9 @@ void listener_free(struct listener *l)
 {
         if (!l)
                 return;
+        while (l->wait_head)
+                waiting_free(l->wait_head, true);
+        sd_event_source_disable_unref(l->wait_timer);
         sd_event_source_disable_unref(l->io);
         sd_event_source_disable_unref(l->retry);
         if (l->fd >= 0)

@@ -238,6 +238,9 @@ int main(int argc, char **argv)
                 log_error("cannot create the event loop: %s", strerror(-r));
                 goto out;
         }
+        r = privileges_check_user(cfg.bridge.user);
+        if (r < 0)
+                goto out;
         r = bridge_start(&b, event, &cfg);
         if (r >= 0)
                 r = privileges_drop(b.cfg.bridge.user, b.cfg.spool.directory);

@@ -28,6 +28,7 @@
 
 #include "build-config.h"
 #include "bridge.h"
+#include "conn_limits.h"
 #include "list.h"
 #include "log.h"
 #include "metrics.h"
@@ -54,6 +55,7 @@ struct metrics_client {
         sd_event_source *io;
         sd_event_source *timer;
         bool responded;          /* response queued: write it, then drain until EOF */
+        uint64_t accepted_usec;  /* CLOCK_MONOTONIC, to find the oldest */
         size_t req_len;
         char req[METRICS_MAX_REQUEST + 1];
         char *resp;
@@ -108,11 +110,25 @@ int metrics_render(const struct bridge *b, char **out, size_t *len)
              "Device connections refused: over max_connections, or with a refusing CONNACK, by reason.");
         fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"max_connections\"} %llu\n",
                 (unsigned long long) st->refused_max_connections);
+        fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"max_handshakes\"} %llu\n",
+                (unsigned long long) st->refused_max_handshakes);
+        fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"max_connections_per_address\"} %llu\n",
+                (unsigned long long) st->refused_per_address);
         fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"accept_error\"} %llu\n",
                 (unsigned long long) st->refused_accept_errors);
         for (int i = 1; i < BRIDGE_CONNACK_CODES; i++)
                 fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"%s\"} %llu\n",
                         connack_reason[i], (unsigned long long) st->refused_connack[i]);
+
+        one(f, "mqtt_edge_bridge_tls_handshakes_in_progress", "gauge",
+            "Device connections not past the TLS handshake yet (waiting for the first byte included).",
+            conn_limits_handshakes(b->conn_limits));
+        head(f, "mqtt_edge_bridge_idle_connections_closed_total", "counter",
+             "Device connections closed before their first TLS byte, by reason.");
+        fprintf(f, "mqtt_edge_bridge_idle_connections_closed_total{reason=\"first_byte_timeout\"} %llu\n",
+                (unsigned long long) st->closed_first_byte_timeout);
+        fprintf(f, "mqtt_edge_bridge_idle_connections_closed_total{reason=\"evicted\"} %llu\n",
+                (unsigned long long) st->closed_idle_evicted);
 
         head(f, "mqtt_edge_bridge_tls_handshakes_total", "counter",
              "Device TLS handshakes completed, full or resumed (by session ID).");
@@ -133,6 +149,10 @@ int metrics_render(const struct bridge *b, char **out, size_t *len)
                 (unsigned long long) st->handshakes_failed_timeout);
         fprintf(f, "mqtt_edge_bridge_tls_handshakes_failed_total{reason=\"other\"} %llu\n",
                 (unsigned long long) (st->handshakes_failed > told ? st->handshakes_failed - told : 0));
+
+        one(f, "mqtt_edge_bridge_devices_revoked_total", "counter",
+            "Devices disconnected because their certificate no longer verified after a reload (CA or CRL).",
+            st->revoked_on_reload);
 
         head(f, "mqtt_edge_bridge_messages_total", "counter",
              "PUBLISH packets between devices and the bridge, by direction and QoS.");
@@ -247,6 +267,9 @@ static int client_respond(struct metrics_client *c, const char *status, const ch
         c->resp_off = 0;
         c->responded = true;
         sd_event_source_set_io_events(c->io, EPOLLOUT);
+        /* The request came in time; the reader gets longer for the
+         * response (a few hundred kB at most). */
+        (void) sd_event_source_set_time_relative(c->timer, METRICS_TIMEOUT_USEC);
         return 0;
 }
 
@@ -355,6 +378,23 @@ static int client_on_timer(sd_event_source *src, uint64_t usec, void *userdata)
         return 0;
 }
 
+/* Every slot is taken: close the oldest connection that has not sent a
+ * whole request yet (an idle or slow one; a real scraper sends its request
+ * at once). Returns false when every slot is busy sending a response. */
+static bool metrics_evict_idle(struct metrics *m)
+{
+        struct metrics_client *oldest = NULL;
+
+        for (struct metrics_client *c = m->clients; c; c = c->clients_next)
+                if (!c->responded && (!oldest || c->accepted_usec <= oldest->accepted_usec))
+                        oldest = c;
+        if (!oldest)
+                return false;
+        log_debug("metrics: %u connections open, closing the oldest one without a request", m->n_clients);
+        client_free(oldest);
+        return true;
+}
+
 static int metrics_on_accept(sd_event_source *src, int fd, uint32_t revents, void *userdata)
 {
         struct metrics *m = userdata;
@@ -366,8 +406,8 @@ static int metrics_on_accept(sd_event_source *src, int fd, uint32_t revents, voi
                                 log_warning("metrics: accept: %s", strerror(errno));
                         return 0;
                 }
-                if (m->n_clients >= METRICS_MAX_CLIENTS) {
-                        /* A scraper runs one request at a time; more than this
+                if (m->n_clients >= METRICS_MAX_CLIENTS && !metrics_evict_idle(m)) {
+                        /* Every slot is sending a response: more than this
                          * is a fault or an attack, and the devices come first. */
                         log_debug("metrics: %u scrapes open already, connection closed", m->n_clients);
                         close(cfd);
@@ -380,10 +420,11 @@ static int metrics_on_accept(sd_event_source *src, int fd, uint32_t revents, voi
                 }
                 c->m = m;
                 c->fd = cfd;
+                sd_event_now(m->b->event, CLOCK_MONOTONIC, &c->accepted_usec);
                 LIST_PREPEND(clients, m->clients, c);
                 m->n_clients++;
                 if (sd_event_add_io(m->b->event, &c->io, cfd, EPOLLIN, client_on_io, c) < 0 ||
-                    sd_event_add_time_relative(m->b->event, &c->timer, CLOCK_MONOTONIC, METRICS_TIMEOUT_USEC,
+                    sd_event_add_time_relative(m->b->event, &c->timer, CLOCK_MONOTONIC, METRICS_READ_TIMEOUT_USEC,
                                                100 * 1000, client_on_timer, c) < 0) {
                         client_free(c);
                         continue;
@@ -419,7 +460,7 @@ int metrics_new(struct bridge *b, const char *address, uint16_t port, struct met
                 return r;
         }
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (bind(fd, (struct sockaddr *) &ss, len) < 0 || listen(fd, 16) < 0) {
+        if (bind(fd, (struct sockaddr *) &ss, len) < 0 || listen(fd, METRICS_MAX_CLIENTS) < 0) {
                 r = -errno;
                 log_error("metrics: cannot listen on %s port %u: %s", address, port, strerror(errno));
                 close(fd);
@@ -634,6 +675,13 @@ int metrics_print_status(FILE *f, const char *address, uint16_t port)
                 M("connections_refused_total{reason=\"identifier_rejected\"}"),
                 M("connections_refused_total{reason=\"server_unavailable\"}"),
                 M("connections_refused_total{reason=\"protocol_version\"}"));
+        fprintf(f, "  listener limits        %llu handshakes in progress; refused %llu max_handshakes, "
+                   "%llu max_connections_per_address; idle closed %llu first_byte_timeout, %llu evicted\n",
+                M("tls_handshakes_in_progress"),
+                M("connections_refused_total{reason=\"max_handshakes\"}"),
+                M("connections_refused_total{reason=\"max_connections_per_address\"}"),
+                M("idle_connections_closed_total{reason=\"first_byte_timeout\"}"),
+                M("idle_connections_closed_total{reason=\"evicted\"}"));
         fprintf(f, "  problems               %llu messages dropped, %llu publishes denied, %llu protocol errors, "
                    "%llu keepalive timeouts\n",
                 M("messages_dropped_total"), M("publishes_denied_total"), M("protocol_errors_total"),

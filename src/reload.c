@@ -27,6 +27,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "reload.h"
+#include "session.h"
 #include "tls_server.h"
 #include "uplink.h"
 
@@ -149,6 +150,13 @@ int reload_config(struct bridge *b)
                 log_warning("reload: [spool] changed: restart mqtt-edge-bridge to use it; the spool stays as it was");
         SWAP(b->cfg.spool, next.spool);
 
+        /* Did the trust change (CA, CRL, their flags)? Compared by
+         * content: a CRL update usually rewrites the same file. */
+        unsigned char trust_old[32], trust_new[32];
+        bool trust_changed = tls_server_trust_digest(b->device_ctx, trust_old) < 0 ||
+                             tls_server_trust_digest(device_ctx, trust_new) < 0 ||
+                             memcmp(trust_old, trust_new, sizeof trust_old) != 0;
+
         /* Commit. */
         old = b->cfg;
         b->cfg = next;
@@ -175,6 +183,17 @@ int reload_config(struct bridge *b)
                    cert, b->cfg.listener.crlfile ? " and CRL " : "",
                    b->cfg.listener.crlfile ? b->cfg.listener.crlfile : "", b->n_devices,
                    b->n_devices == 1 ? "" : "s");
+        /* A device revoked by the new CRL (or from a CA no longer
+         * trusted) must not stay connected on the strength of a handshake
+         * made before (issue 12). */
+        if (trust_changed && b->cfg.listener.revoke_connected) {
+                unsigned n = session_revalidate_all(b, b->device_ctx);
+                log_notice("reload: CA or CRL changed; connected devices checked again, %u disconnected "
+                           "(revoke_connected = true)", n);
+        } else if (trust_changed) {
+                log_notice("reload: CA or CRL changed; revoke_connected = false, connected devices stay");
+        }
+
         sd_notify(0, "READY=1");
         bridge_notify_status(b);
         return 0;

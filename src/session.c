@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <openssl/crypto.h>
 
+#include "conn_limits.h"
 #include "outbox.h"
 #include "session_internal.h"
 #include "tls_server.h"
@@ -434,6 +435,7 @@ static void session_handshake(struct session *s)
                 return;
         }
 
+        conn_limits_handshake_done(s->b->conn_limits, s->fd); /* no longer counts against max_handshakes */
         r = tls_server_peer_cn(s->tls.ssl, s->cn, sizeof s->cn);
         if (r == -EINVAL) {
                 session_close(s, LOG_LEVEL_NOTICE, "client certificate subject has no usable CN");
@@ -581,6 +583,28 @@ void session_close(struct session *s, enum log_level level, const char *reason)
         bridge_schedule_reap(s->b);
 }
 
+unsigned session_revalidate_all(struct bridge *b, SSL_CTX *ctx)
+{
+        struct session *s, *next;
+        unsigned closed = 0;
+
+        LIST_FOREACH_SAFE(sessions, s, next, b->sessions) {
+                char why[128], reason[192];
+                if (s->state == S_HANDSHAKE) {
+                        session_close(s, LOG_LEVEL_NOTICE, "TLS handshake under the previous CA/CRL, cut by a reload");
+                        closed++;
+                        continue;
+                }
+                if (s->state == S_CLOSED || tls_server_peer_reverify(s->tls.ssl, ctx, why, sizeof why) != -EPERM)
+                        continue;
+                snprintf(reason, sizeof reason, "certificate no longer verifies after reload: %s", why);
+                session_close(s, LOG_LEVEL_WARNING, reason);
+                b->stats.revoked_on_reload++;
+                closed++;
+        }
+        return closed;
+}
+
 struct session *session_reap_next(struct bridge *b)
 {
         struct session *s = b->reap;
@@ -606,6 +630,7 @@ void session_free(struct session *s)
         sd_event_source_disable_unref(s->resume);
         sd_event_source_disable_unref(s->reconnect);
         tls_conn_done(&s->tls);
+        conn_limits_remove(s->b->conn_limits, s->fd); /* before close: the number is reused */
         if (s->fd >= 0)
                 close(s->fd);
         session_release_outbox(s);

@@ -10,8 +10,15 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
+#include "log.h"
 #include "spool.h"
 #include "spool_codec.h"
+
+/* Bytes [from, to) of the file hold no valid record (damage found when
+ * the file was opened): the replay jumps over them. */
+struct spool_skip {
+        uint64_t from, to;
+};
 
 struct spool {
         int fd;
@@ -25,6 +32,8 @@ struct spool {
         bool has_meta;
         bool meta_written;       /* the file holds the current meta */
         struct spool_meta meta;
+        struct spool_skip *skips; /* damaged ranges found at open, in file order */
+        size_t n_skips;
 };
 
 void spool_meta_clear(struct spool_meta *m)
@@ -129,7 +138,9 @@ static int spool_write_record(struct spool *s, const uint8_t *buf, size_t len)
 }
 
 /* Read the record at off into a fresh buffer. Returns 1 (*rec points into
- * *buf, caller frees it), 0 at the end or at a torn/invalid tail. */
+ * *buf, caller frees it); 0 when the file ends before a whole record (at
+ * off, or inside the one that starts there: a torn write); -EBADMSG when
+ * the bytes at off are not a valid record; another negative errno. */
 static int spool_read_at(struct spool *s, uint64_t off, struct spool_record *rec, uint8_t **buf, size_t *used)
 {
         uint8_t hdr[SPOOL_HEADER_LEN];
@@ -138,11 +149,13 @@ static int spool_read_at(struct spool *s, uint64_t off, struct spool_record *rec
         *buf = NULL;
         if (r < 0)
                 return r;
+        if (r > 0 && memcmp(hdr, "MEBS", (size_t) r < 4 ? (size_t) r : 4) != 0)
+                return -EBADMSG;
         if ((size_t) r < sizeof hdr)
                 return 0;
         uint32_t blen = ((uint32_t) hdr[4] << 24) | ((uint32_t) hdr[5] << 16) | ((uint32_t) hdr[6] << 8) | hdr[7];
-        if (memcmp(hdr, "MEBS", 4) != 0 || blen > SPOOL_MAX_BODY)
-                return 0;
+        if (blen < 12 || blen > SPOOL_MAX_BODY)
+                return -EBADMSG;
         uint8_t *b = malloc(SPOOL_HEADER_LEN + (size_t) blen);
         if (!b)
                 return -ENOMEM;
@@ -154,10 +167,122 @@ static int spool_read_at(struct spool *s, uint64_t off, struct spool_record *rec
         r = spool_record_decode(b, (size_t) r, rec, used);
         if (r <= 0) {
                 free(b);
-                return 0;
+                return r;
         }
         *buf = b;
         return 1;
+}
+
+/* Past damage at off: the offset of the next valid record before end
+ * (magic, lengths, CRC, fields; a MESSAGE must also carry a seq above
+ * min_seq, as every later message of a file does, so a stale copy cannot
+ * resurface). Returns 1 and *found, 0 when there is none, or a negative
+ * errno. Reads in 64 KiB windows; every magic is a candidate. */
+static int spool_resync(struct spool *s, uint64_t off, uint64_t end, uint64_t min_seq, uint64_t *found)
+{
+        enum { WINDOW = 64 * 1024 };
+        uint8_t *win = malloc(WINDOW);
+        uint64_t pos = off + 1;
+        int r = 0;
+
+        if (!win)
+                return -ENOMEM;
+        while (pos < end) {
+                size_t want = end - pos < WINDOW ? (size_t) (end - pos) : WINDOW;
+                r = read_full(s->fd, win, want, pos);
+                if (r < 0)
+                        break;
+                if (r == 0) {
+                        r = 0;
+                        break;
+                }
+                size_t got = (size_t) r, at = 0;
+                r = 0;
+                while (at < got) {
+                        size_t k = spool_find_magic(win + at, got - at);
+                        if (k == got - at)
+                                break;
+                        at += k;
+                        struct spool_record rec;
+                        uint8_t *buf;
+                        size_t used;
+                        int v = spool_read_at(s, pos + at, &rec, &buf, &used);
+                        if (v < 0 && v != -EBADMSG) {
+                                r = v;
+                                goto out;
+                        }
+                        if (v == 1) {
+                                bool ok = rec.type != SPOOL_MESSAGE || rec.seq > min_seq;
+                                free(buf);
+                                if (ok) {
+                                        *found = pos + at;
+                                        r = 1;
+                                        goto out;
+                                }
+                        }
+                        at++;
+                }
+                /* A magic cut by the window's end is found in the next. */
+                pos += got > 3 ? got - 3 : got;
+        }
+out:
+        free(win);
+        return r;
+}
+
+/* How the walk at open went, for one log line per file. */
+struct spool_damage {
+        uint64_t bytes;          /* skipped in the middle */
+        unsigned ranges;         /* places skipped */
+        uint64_t lost_msgs;      /* sequence numbers missing across the skipped ranges */
+        uint64_t lost_unacked;   /* of those, not acknowledged upstream (known after the walk) */
+        uint64_t tail;           /* bytes cut at the end */
+        bool tail_torn;          /* ...a record cut short (a crash) rather than damage */
+};
+
+/* A gap in the sequence across a skipped range: the last message seq
+ * before it and the first after (0 while none came yet). */
+struct spool_gap {
+        uint64_t before, after;
+};
+
+static void spool_log_damage(const struct spool *s, const struct spool_damage *d)
+{
+        if (d->ranges)
+                log_msg(LOG_LEVEL_WARNING, NULL,
+                        "spool %s: %llu damaged byte%s in %u place%s skipped, resynchronised on the next valid "
+                        "record; at least %llu message%s lost (%llu not yet acknowledged upstream)",
+                        s->path, (unsigned long long) d->bytes, d->bytes == 1 ? "" : "s", d->ranges,
+                        d->ranges == 1 ? "" : "s", (unsigned long long) d->lost_msgs, d->lost_msgs == 1 ? "" : "s",
+                        (unsigned long long) d->lost_unacked);
+        if (d->tail && d->tail_torn)
+                log_msg(LOG_LEVEL_NOTICE, NULL,
+                        "spool %s: cut a torn last record (%llu bytes): it was being written when the bridge "
+                        "stopped, so no device was told it was safe",
+                        s->path, (unsigned long long) d->tail);
+        else if (d->tail)
+                log_msg(LOG_LEVEL_WARNING, NULL,
+                        "spool %s: the last %llu bytes hold no valid record (damaged, or a torn write); cut; "
+                        "the messages in them, if any, are lost",
+                        s->path, (unsigned long long) d->tail);
+}
+
+/* Make a new file's name durable: fsync its directory. */
+static int spool_sync_dir(const char *path)
+{
+        const char *slash = strrchr(path, '/');
+        char *dir = slash ? strndup(path, slash == path ? 1 : (size_t) (slash - path)) : strdup(".");
+        int fd, r = 0;
+
+        if (!dir)
+                return -ENOMEM;
+        fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd) < 0)
+                r = -errno;
+        if (fd >= 0)
+                close(fd);
+        free(dir);
+        return r;
 }
 
 int spool_open(const char *dir, const char *key, uint64_t max_bytes, struct spool **out)
@@ -202,7 +327,12 @@ static int spool_meta_from_record(struct spool_meta *m, const struct spool_recor
 int spool_open_path(const char *path, uint64_t max_bytes, struct spool **out)
 {
         struct spool *s = calloc(1, sizeof *s);
-        uint64_t off = 0, max_seq = 0;
+        uint64_t off = 0, max_seq = 0, file_size;
+        struct spool_damage dmg = { 0 };
+        struct spool_gap *gaps = NULL;
+        bool created = false, in_gap = false;
+        unsigned n_gaps = 0;
+        struct stat st;
         int r;
 
         if (!s)
@@ -214,7 +344,15 @@ int spool_open_path(const char *path, uint64_t max_bytes, struct spool **out)
                 r = -ENOMEM;
                 goto fail;
         }
-        s->fd = open(s->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        /* O_NOFOLLOW: a link planted in the spool directory must not make
+         * the daemon write (or truncate) another file. */
+        s->fd = open(s->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+        if (s->fd < 0 && errno == ENOENT) {
+                s->fd = open(s->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+                created = s->fd >= 0;
+                if (s->fd < 0 && errno == EEXIST)
+                        s->fd = open(s->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+        }
         if (s->fd < 0) {
                 r = -errno;
                 goto fail;
@@ -225,39 +363,118 @@ int spool_open_path(const char *path, uint64_t max_bytes, struct spool **out)
                 r = errno == EWOULDBLOCK ? -EBUSY : -errno;
                 goto fail;
         }
-        /* Recover: walk the records; the first that does not decode is
-         * where a write was cut off by a crash. */
+        /* A new file and the acknowledged records in it must survive a
+         * power cut: its directory entry too. */
+        if (created && (r = spool_sync_dir(s->path)) < 0)
+                goto fail;
+        if (fstat(s->fd, &st) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        if (!S_ISREG(st.st_mode)) {
+                r = -EINVAL;
+                goto fail;
+        }
+        file_size = (uint64_t) st.st_size;
+
+        /* Recover: walk the records. One that does not decode is either
+         * the torn end of the file (a write cut off by a crash: nothing
+         * after it) or damage in the middle (something valid after it):
+         * then resynchronise on the next valid record and remember the
+         * range, so the replay jumps over it too. */
         for (;;) {
                 struct spool_record rec;
                 uint8_t *buf;
                 size_t used;
                 r = spool_read_at(s, off, &rec, &buf, &used);
+                if (r < 0 && r != -EBADMSG)
+                        goto fail;
+                if (r == 1 && rec.type == SPOOL_MESSAGE && rec.seq <= max_seq) {
+                        /* A file's messages are numbered upwards: an older
+                         * one here is stale data (blocks of the file before
+                         * it was emptied, a misdirected write), not ours. */
+                        free(buf);
+                        r = -EBADMSG;
+                }
+                if (r == 1) {
+                        if (rec.type == SPOOL_MESSAGE) {
+                                if (in_gap) {
+                                        gaps[n_gaps - 1].after = rec.seq;
+                                        in_gap = false;
+                                }
+                                if (rec.seq > max_seq)
+                                        max_seq = rec.seq;
+                        }
+                        if (rec.type == SPOOL_ACKED && rec.seq > s->acked_through)
+                                s->acked_through = rec.seq;
+                        if (rec.type == SPOOL_META && spool_meta_from_record(&s->meta, &rec) == 0)
+                                s->has_meta = s->meta_written = true;
+                        off += used;
+                        free(buf);
+                        continue;
+                }
+                if (off >= file_size)
+                        break; /* the end, cleanly */
+                uint64_t next = 0;
+                bool torn = r == 0;
+                r = spool_resync(s, off, file_size, max_seq, &next);
                 if (r < 0)
                         goto fail;
-                if (r == 0)
+                if (r == 0) {
+                        dmg.tail = file_size - off;
+                        dmg.tail_torn = torn;
                         break;
-                if (rec.type == SPOOL_MESSAGE && rec.seq > max_seq)
-                        max_seq = rec.seq;
-                if (rec.type == SPOOL_ACKED && rec.seq > s->acked_through)
-                        s->acked_through = rec.seq;
-                if (rec.type == SPOOL_META && spool_meta_from_record(&s->meta, &rec) == 0)
-                        s->has_meta = s->meta_written = true;
-                off += used;
-                free(buf);
+                }
+                struct spool_skip *sk = realloc(s->skips, (s->n_skips + 1) * sizeof *sk);
+                struct spool_gap *g = sk ? realloc(gaps, (n_gaps + 1) * sizeof *g) : NULL;
+                if (sk)
+                        s->skips = sk;
+                if (!g) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                gaps = g;
+                s->skips[s->n_skips++] = (struct spool_skip){ .from = off, .to = next };
+                /* Consecutive damaged places with no message between
+                 * them share one gap in the sequence. */
+                if (!in_gap)
+                        gaps[n_gaps++] = (struct spool_gap){ .before = max_seq, .after = 0 };
+                in_gap = true;
+                dmg.ranges++;
+                dmg.bytes += next - off;
+                off = next;
         }
         s->next_seq = max_seq + 1;
         if (s->acked_through > max_seq)
                 s->acked_through = max_seq;
+        /* What the skipped ranges cost: the sequence numbers missing
+         * across each (a file's messages are numbered one by one). */
+        for (unsigned i = 0; i < n_gaps; i++) {
+                /* No message after it, or none before (the base of the
+                 * numbering went with the damage): nothing known. */
+                if (!gaps[i].after || !gaps[i].before)
+                        continue;
+                uint64_t lo = gaps[i].before, hi = gaps[i].after;
+                dmg.lost_msgs += hi - lo - 1;
+                uint64_t from = lo > s->acked_through ? lo : s->acked_through;
+                if (hi > from + 1)
+                        dmg.lost_unacked += hi - from - 1;
+        }
+        spool_log_damage(s, &dmg);
+        free(gaps);
+        gaps = NULL;
         if (spool_pending(s) == 0) {
                 /* Everything was delivered: start afresh. */
                 off = 0;
                 s->meta_written = false;
                 s->next_seq = 1;
                 s->acked_through = 0;
+                free(s->skips);
+                s->skips = NULL;
+                s->n_skips = 0;
         }
         s->size = off;
-        struct stat st;
-        if (fstat(s->fd, &st) == 0 && (uint64_t) st.st_size != off && ftruncate(s->fd, (off_t) off) < 0) {
+        if (file_size != off && ftruncate(s->fd, (off_t) off) < 0) {
                 r = -errno;
                 goto fail;
         }
@@ -268,9 +485,11 @@ int spool_open_path(const char *path, uint64_t max_bytes, struct spool **out)
         *out = s;
         return 0;
 fail:
+        free(gaps);
         if (s->fd >= 0)
                 close(s->fd);
         spool_meta_clear(&s->meta);
+        free(s->skips);
         free(s->path);
         free(s);
         return r;
@@ -402,10 +621,15 @@ int spool_read_next(struct spool *s, struct spool_msg **out)
                 size_t used;
                 int r;
 
+                for (size_t i = 0; i < s->n_skips; i++)
+                        if (s->read_off >= s->skips[i].from && s->read_off < s->skips[i].to)
+                                s->read_off = s->skips[i].to;
                 if (s->read_off >= s->size)
                         return 0;
                 r = spool_read_at(s, s->read_off, &rec, &buf, &used);
-                if (r <= 0)
+                if (r == -EBADMSG || r == 0)
+                        return 0; /* nothing valid here: the walk at open would have said */
+                if (r < 0)
                         return r;
                 s->read_off += used;
                 if (rec.type != SPOOL_MESSAGE || rec.seq <= s->acked_through) {
@@ -463,6 +687,9 @@ int spool_ack_through(struct spool *s, uint64_t seq)
                 s->read_off = 0;
                 s->dirty = false;
                 s->meta_written = false;
+                free(s->skips);
+                s->skips = NULL;
+                s->n_skips = 0;
                 /* Sequence numbers go on (the replay is counting them):
                  * say where they stand, or a crash would count every number
                  * since the file was created as pending. */
@@ -506,6 +733,7 @@ void spool_close(struct spool *s)
         if (spool_pending(s) == 0)
                 (void) unlink(s->path);
         spool_meta_clear(&s->meta);
+        free(s->skips);
         free(s->path);
         free(s);
 }

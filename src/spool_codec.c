@@ -146,3 +146,10 @@ int spool_record_decode(const uint8_t *buf, size_t len, struct spool_record *r, 
         *used = SPOOL_HEADER_LEN + blen;
         return 1;
 }
+
+size_t spool_find_magic(const uint8_t *buf, size_t len)
+{
+        const uint8_t *p = len >= sizeof spool_magic ? memmem(buf, len, spool_magic, sizeof spool_magic) : NULL;
+
+        return p ? (size_t) (p - buf) : len;
+}

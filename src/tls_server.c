@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/x509v3.h>
 
 #include "tls_server.h"
@@ -223,6 +224,92 @@ int tls_server_peer_cn(SSL *ssl, char *buf, size_t len)
                 OPENSSL_free(utf8);
         }
         X509_free(cert);
+        return r;
+}
+
+int tls_server_peer_reverify(SSL *ssl, SSL_CTX *ctx, char *why, size_t whylen)
+{
+        X509 *leaf = ssl ? SSL_get0_peer_certificate(ssl) : NULL;
+        X509_STORE_CTX *vctx;
+        int r;
+
+        if (why && whylen)
+                why[0] = 0;
+        if (!leaf)
+                return -ENOENT;
+        if (!(SSL_CTX_get_verify_mode(ctx) & SSL_VERIFY_PEER))
+                return 0; /* the new configuration checks no client certificate */
+        vctx = X509_STORE_CTX_new();
+        if (!vctx)
+                return -ENOMEM;
+        /* The intermediates the device sent, as the handshake had them
+         * (NULL after a resumed handshake: the session keeps the leaf
+         * only, which is enough for a device CA that signs directly). */
+        if (X509_STORE_CTX_init(vctx, SSL_CTX_get_cert_store(ctx), leaf, SSL_get_peer_cert_chain(ssl)) != 1) {
+                X509_STORE_CTX_free(vctx);
+                ERR_clear_error();
+                return -ENOMEM;
+        }
+        /* What the handshake checks: a TLS client certificate (purpose
+         * and trust "ssl_client"), the listener's depth, the store's
+         * flags (CRL_CHECK when a CRL is loaded), the time now. */
+        X509_STORE_CTX_set_default(vctx, "ssl_client");
+        X509_VERIFY_PARAM_set_depth(X509_STORE_CTX_get0_param(vctx), SSL_CTX_get_verify_depth(ctx));
+        if (X509_verify_cert(vctx) == 1) {
+                r = 0;
+        } else {
+                int e = X509_STORE_CTX_get_error(vctx);
+                if (why && whylen)
+                        snprintf(why, whylen, "%s", X509_verify_cert_error_string(e));
+                r = e == X509_V_ERR_OUT_OF_MEM ? -ENOMEM : -EPERM;
+        }
+        X509_STORE_CTX_free(vctx);
+        ERR_clear_error();
+        return r;
+}
+
+/* Feed the DER digest of every certificate and CRL in the store, in the
+ * store's (sorted) order. */
+int tls_server_trust_digest(SSL_CTX *ctx, unsigned char out[32])
+{
+        X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+        STACK_OF(X509_OBJECT) *objs;
+        EVP_MD_CTX *md = EVP_MD_CTX_new();
+        int r = -ENOMEM;
+
+        if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
+                goto out;
+        if (!X509_STORE_lock(store))
+                goto out;
+        objs = X509_STORE_get0_objects(store);
+        for (int i = 0; objs && i < sk_X509_OBJECT_num(objs); i++) {
+                X509_OBJECT *o = sk_X509_OBJECT_value(objs, i);
+                unsigned char d[EVP_MAX_MD_SIZE];
+                unsigned dlen = 0;
+                unsigned char tag = (unsigned char) X509_OBJECT_get_type(o);
+                int ok = 0;
+
+                if (tag == X509_LU_X509)
+                        ok = X509_digest(X509_OBJECT_get0_X509(o), EVP_sha256(), d, &dlen);
+                else if (tag == X509_LU_CRL)
+                        ok = X509_CRL_digest(X509_OBJECT_get0_X509_CRL(o), EVP_sha256(), d, &dlen);
+                if (ok != 1 || EVP_DigestUpdate(md, &tag, 1) != 1 || EVP_DigestUpdate(md, d, dlen) != 1) {
+                        X509_STORE_unlock(store);
+                        goto out;
+                }
+        }
+        X509_STORE_unlock(store);
+        /* The flags matter too: the same CRL with checking off is not
+         * the same trust. */
+        unsigned long flags = X509_VERIFY_PARAM_get_flags(X509_STORE_get0_param(store));
+        unsigned int mode = (unsigned) SSL_CTX_get_verify_mode(ctx);
+        if (EVP_DigestUpdate(md, &flags, sizeof flags) != 1 || EVP_DigestUpdate(md, &mode, sizeof mode) != 1 ||
+            EVP_DigestFinal_ex(md, out, NULL) != 1)
+                goto out;
+        r = 0;
+out:
+        EVP_MD_CTX_free(md);
+        ERR_clear_error();
         return r;
 }
 

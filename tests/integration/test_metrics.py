@@ -183,6 +183,34 @@ class TestMetrics(BridgeTestCase):
         self.scrape()
         self.assertBridgeAlive()
 
+    def test_idle_connections_do_not_stop_a_scrape(self):
+        # Issue 12: 16 idle local connections used to stop the endpoint.
+        # 32 (and then more than METRICS_MAX_CLIENTS = 64) held open
+        # without a request: a real scrape still gets its answer at once,
+        # because the oldest idle one is closed to make room.
+        for n in (32, 80):
+            socks = [socket.create_connection(("127.0.0.1", self.metrics_port), timeout=5)
+                     for _ in range(n)]
+            try:
+                t0 = time.monotonic()
+                samples = self.scrape()
+                self.assertIn("mqtt_edge_bridge_devices_connected", samples)
+                self.assertLess(time.monotonic() - t0, 1.5, "%d idle: the scrape waited for a slot" % n)
+                # And the idle ones are cut off by the read timeout
+                # (2 s), not left holding a slot.
+                t0 = time.monotonic()
+                for s in socks:
+                    s.settimeout(max(0.1, t0 + 5 - time.monotonic()))
+                    try:
+                        self.assertEqual(s.recv(1), b"")
+                    except ConnectionError:
+                        pass
+                self.assertLess(time.monotonic() - t0, 5, "%d idle: not closed by the read timeout" % n)
+            finally:
+                for s in socks:
+                    s.close()
+        self.assertBridgeAlive()
+
     def test_reload_turns_the_endpoint_off_and_on(self):
         with open(self.bridge.conf) as f:
             good = f.read()

@@ -4,7 +4,8 @@
   stays connected and keeps receiving; a new connection gets the new
   certificate (its serial, read with openssl s_client).
 - A device is revoked through a CRL added by a reload: its next connection
-  is refused with a log line; other devices carry on.
+  is refused with a log line; other devices carry on. If it is connected,
+  it is disconnected (unless revoke_connected = false).
 - A broken new configuration is rejected with a log line naming the
   problem, and the daemon keeps serving with the old one.
 """
@@ -160,6 +161,61 @@ class TestRevokeByCrl(ReloadCase):
         self.assertIn("payload=still here", self.finish(dev))
         r = self.device("sensor-2").run(*self.creds("sensor-2"), "--pub", "crl/y=1")
         self.assertEqual(r.rc, 0, r)
+
+
+def revoke_and_reload(case, name):
+    """Revoke name's certificate, point the listener at the new CRL, reload."""
+    crt, _ = case.pki.device(name)
+    case.pki.ca.revoke(crt)
+    set_key(case.bridge.conf, "listener", "crlfile", case.pki.ca.crl())
+    return case.reload()
+
+
+class TestRevokeConnected(ReloadCase):
+    """Issue 12: a device revoked by a CRL reload used to stay connected
+    and keep publishing. Now it is disconnected, with a log line naming
+    the reason, while another device carries on publishing."""
+
+    def test_revoked_connected_device_is_disconnected(self):
+        revoked = self.start_listening_device("sensor-3", "rev/sensor-3", 1)
+        # The other device publishes 60 numbered QoS 1 messages, 100 ms
+        # apart, across the reload.
+        count = 60
+        sub = self.mosquitto.sub("rev/witness", count, timeout=40)
+        pub = self.device("sensor-2").start(*self.creds("sensor-2"), "--count", str(count), "--topic",
+                                            "rev/witness", "--qos", "1", "--interval-ms", "100",
+                                            "--timeout", "30", "--quiet")
+        self.bridge.wait_log(r'CONNECT received.*client_id="sensor-2"', 10)
+        time.sleep(0.5)  # a few of its messages are through
+        log = revoke_and_reload(self, "sensor-3")
+        self.assertIsNone(pub.poll(), "the publishing device finished before the reload: raise count")
+        self.assertRegex(log, r"CA or CRL changed; connected devices checked again, 1 disconnected")
+        self.assertRegex(log, r"device disconnected.*cn=\"sensor-3\".*"
+                              r"reason=\"certificate no longer verifies after reload: certificate revoked\"")
+        # Really gone: edge-device saw the connection end.
+        out, err = revoked.communicate(timeout=30)
+        self.assertNotEqual(revoked.returncode, 0, out + err)
+        self.assertNotIn("payload=", out)
+        # The other one (same CA, not revoked) published all of them, in order.
+        out, err = pub.communicate(timeout=40)
+        self.assertEqual(pub.returncode, 0, out + err)
+        self.assertEqual([int(l.split()[1]) for l in sub.result(timeout=30)], list(range(1, count + 1)))
+        self.assertNotRegex(self.bridge.text(), r"device disconnected.*cn=\"sensor-2\".*reason=\"certificate")
+        # And the revoked one cannot come back.
+        r = self.device("sensor-3").run(*self.creds("sensor-3"), "--pub", "rev/x=1", "--timeout", "10")
+        self.assertNotEqual(r.rc, 0, r)
+        self.assertEqual(r.events("connack"), [], r)
+
+
+class TestRevokeConnectedOff(ReloadCase):
+    bridge_sections = {"listener": {"revoke_connected": "false"}}
+
+    def test_revoke_connected_false_keeps_todays_behaviour(self):
+        dev = self.start_listening_device("sensor-3", "revoff/sensor-3", 1)
+        log = revoke_and_reload(self, "sensor-3")
+        self.assertIn("revoke_connected = false, connected devices stay", log)
+        self.mosquitto.pub("revoff/sensor-3", "still here", qos=1)
+        self.assertIn("payload=still here", self.finish(dev))
 
 
 class TestBrokenConfig(ReloadCase):

@@ -83,6 +83,26 @@ class TestUnitFile(UnitTestCase):
         conf = re.search(r"--config (\S+)", d[("Service", "ExecStart")]).group(1)
         self.assertIn("--config " + conf, d[("Service", "ExecCondition")])
         self.assertEqual(d[("Install", "WantedBy")], "multi-user.target")
+        # Issue 12: resource ceilings, and enough descriptors for the
+        # default max_connections (1024) at 4 per device plus 64.
+        self.assertGreaterEqual(int(d[("Service", "LimitNOFILE")]), 1024 * 4 + 64)
+        self.assertLessEqual(int(d[("Service", "TasksMax")]), 64)
+        self.assertRegex(d[("Service", "MemoryMax")], r"^\d+(%|[KMG])$")
+        self.assertIn(("Service", "MemoryHigh"), d)
+
+    def test_man_page_has_the_memory_table(self):
+        with open(os.path.join(MAN_DIR, "mqtt-edge-bridge.ini.5")) as f:
+            text = f.read()
+        self.assertIn(".SH MEMORY", text)
+        for part in ("input from the device", "output to the device", "in flight to broker",
+                     "input from the broker", "per connected device"):
+            self.assertIn(part, text)
+        if shutil.which("man"):
+            r = subprocess.run(["man", "-l", "-P", "cat", os.path.join(MAN_DIR, "mqtt-edge-bridge.ini.5")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30,
+                               env=dict(os.environ, MANWIDTH="100"))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertRegex(r.stdout, r"per connected device\s+.*10\.3 MiB")
 
     def test_documentation_pages_exist(self):
         d = {(s, k): v for s, k, v in directives(unit_text())}

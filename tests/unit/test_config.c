@@ -139,10 +139,12 @@ static void assert_defaults(const struct config *c, bool files_set)
         }
         assert_null(c->listener.crlfile);
         assert_true(c->listener.require_certificate);
+        assert_true(c->listener.revoke_connected);
         assert_int_equal(c->listener.tls_version_min, TLS1_2_VERSION);
         assert_null(c->listener.ciphers);
         assert_null(c->listener.ciphersuites);
         assert_int_equal(c->listener.handshake_timeout, 10);
+        assert_int_equal(c->listener.first_byte_timeout, 3);
         assert_int_equal(c->listener.session_cache_size, 1024);
         assert_int_equal(c->listener.session_timeout, 86400);
 
@@ -167,6 +169,8 @@ static void assert_defaults(const struct config *c, bool files_set)
         assert_string_equal(c->bridge.user, "mqtt-edge-bridge");
 
         assert_int_equal(c->limits.max_connections, 1024);
+        assert_int_equal(c->limits.max_handshakes, 64);
+        assert_int_equal(c->limits.max_connections_per_address, 32);
         assert_int_equal(c->limits.max_packet_size, 262144);
         assert_int_equal(c->limits.max_inflight_messages, 20);
         assert_int_equal(c->limits.max_queued_bytes, 1048576);
@@ -226,10 +230,12 @@ static void test_every_key(void **state)
                  "port = 8885\n"
                  "crlfile = %s\n"
                  "require_certificate = yes\n"
+                 "revoke_connected = no\n"
                  "tls_version = tlsv1\n"
                  "ciphers = ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256\n"
                  "ciphersuites = TLS_AES_128_GCM_SHA256\n"
                  "handshake_timeout = 5\n"
+                 "first_byte_timeout = 2\n"
                  "session_cache_size = 0\n"
                  "session_timeout = 600\n"
                  "[upstream]\n"
@@ -254,6 +260,8 @@ static void test_every_key(void **state)
                  "clientid_must_match_cn = on\n"
                  "[limits]\n"
                  "max_connections = 0\n"
+                 "max_handshakes = 0\n"
+                 "max_connections_per_address = 5\n"
                  "max_packet_size = 1024\n"
                  "max_inflight_messages = 65535\n"
                  "max_queued_bytes = 4096\n"
@@ -271,10 +279,12 @@ static void test_every_key(void **state)
         assert_int_equal(cfg.listener.port, 8885);
         assert_string_equal(cfg.listener.crlfile, p_crl);
         assert_true(cfg.listener.require_certificate);
+        assert_false(cfg.listener.revoke_connected);
         assert_int_equal(cfg.listener.tls_version_min, TLS1_VERSION);
         assert_string_equal(cfg.listener.ciphers, "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256");
         assert_string_equal(cfg.listener.ciphersuites, "TLS_AES_128_GCM_SHA256");
         assert_int_equal(cfg.listener.handshake_timeout, 5);
+        assert_int_equal(cfg.listener.first_byte_timeout, 2);
         assert_int_equal(cfg.listener.session_cache_size, 0);
         assert_int_equal(cfg.listener.session_timeout, 600);
         assert_string_equal(cfg.upstream.host, "broker.example");
@@ -297,6 +307,8 @@ static void test_every_key(void **state)
         assert_string_equal(cfg.bridge.mountpoint, "devices/%c/");
         assert_true(cfg.bridge.clientid_must_match_cn);
         assert_int_equal(cfg.limits.max_connections, 0);
+        assert_int_equal(cfg.limits.max_handshakes, 0);
+        assert_int_equal(cfg.limits.max_connections_per_address, 5);
         assert_int_equal(cfg.limits.max_packet_size, 1024);
         assert_int_equal(cfg.limits.max_inflight_messages, 65535);
         assert_int_equal(cfg.limits.max_queued_bytes, 4096);
@@ -386,6 +398,12 @@ static void test_numbers(void **state)
         load_bad("port = 65536\n", -ERANGE, "t.ini:5: [listener] port: 65536 is out of range (1..65535)");
         load_bad("port = 99999999999999999999999\n", -ERANGE,
                  "t.ini:5: [listener] port: 99999999999999999999999 is out of range");
+        load_bad("first_byte_timeout = 0\n", -ERANGE,
+                 "t.ini:5: [listener] first_byte_timeout: 0 is out of range (1..3600)");
+        load_bad("[limits]\nmax_handshakes = 1000001\n", -ERANGE,
+                 "t.ini:6: [limits] max_handshakes: 1000001 is out of range");
+        load_bad("[limits]\nmax_connections_per_address = many\n", -EINVAL,
+                 "t.ini:6: [limits] max_connections_per_address: 'many' is not a number");
         load_bad("\n\n[limits]\nmax_keepalive = 0\n", -ERANGE,
                  "t.ini:8: [limits] max_keepalive: 0 is out of range (1..65535)");
         load_bad("[limits]\nmax_inflight_messages = 65536\n", -ERANGE,
