@@ -8,7 +8,12 @@
 #include <stdint.h>
 #include <string.h>
 
+/* The ESP8266 core ships BearSSL's headers in tools/sdk/include/bearssl/. */
+#if defined(ARDUINO_ARCH_ESP8266)
+#include <bearssl/bearssl.h>
+#else
 #include <bearssl.h>
+#endif
 
 /* On the ESP8266 .rodata sits in RAM; PROGMEM puts the table in flash,
  * where only aligned 32-bit loads work: strings are copied out with

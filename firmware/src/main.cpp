@@ -21,6 +21,7 @@
 #include <Arduino.h>
 #include <ESP8266WiFi.h>
 #include <WiFiClientSecureBearSSL.h>
+#include <errno.h>   /* the core's transport returns -errno; Arduino.h does not bring it */
 #include <time.h>
 
 extern "C" {
@@ -50,10 +51,17 @@ extern "C" {
 /* 2023-11-14: any clock before this has not been set by SNTP yet. */
 static const time_t CLOCK_VALID_AFTER = 1700000000;
 
+/* The PEM texts stay in flash (PROGMEM; the core's X509List and
+ * PrivateKey read them with the _P functions): in .rodata they would take
+ * ~4 KB of RAM, and the heap the TLS connection needs. */
+static const char ca_pem[] PROGMEM = EDGE_CA_PEM;
+static const char cert_pem[] PROGMEM = EDGE_CERT_PEM;
+static const char key_pem[] PROGMEM = EDGE_KEY_PEM;
+
 static BearSSL::WiFiClientSecure tls;
-static BearSSL::X509List trust_anchors(EDGE_CA_PEM);
-static BearSSL::X509List client_cert(EDGE_CERT_PEM);
-static BearSSL::PrivateKey client_key(EDGE_KEY_PEM);
+static BearSSL::X509List trust_anchors(ca_pem);
+static BearSSL::X509List client_cert(cert_pem);
+static BearSSL::PrivateKey client_key(key_pem);
 static BearSSL::Session tls_session;   /* survives reconnects: resumption by session ID */
 static bool mfl_probed, mfl_ok;
 
@@ -157,6 +165,11 @@ static int tp_connect(void *ctx)
                                     trust_anchors.getTrustAnchors()[0].pkey.key_type);
         }
         tls.setSession(&tls_session);
+        /* Nagle off, so a PUBACK or PINGREQ leaves at once. It has to be the
+         * default: the socket belongs to the WiFiClientSecureCtx inside tls,
+         * which takes the default in WiFiClient::connect(); tls.setNoDelay()
+         * would reach the wrapper, which has no socket, and do nothing. */
+        WiFiClient::setDefaultNoDelay(true);
 
         uint32_t t0 = millis();
         /* connect(const char *) checks the certificate against this very
@@ -175,7 +188,6 @@ static int tp_connect(void *ctx)
                 tls.stop();
                 return err ? -EPROTO : -ECONNREFUSED;
         }
-        tls.setNoDelay(true);
         Serial.printf("[tls] connected in %lu ms, heap %u\n", (unsigned long)(millis() - t0), ESP.getFreeHeap());
         return 0;
 }
