@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 #
 # Cross-compile the firmware's portable core (firmware/core + the shared
-# src/mqtt_codec.c) for the ESP8266's CPU with Debian's toolchain and print
+# lib/mqtt_codec.c) for the ESP8266's CPU with Debian's toolchain and print
 # its section sizes. Proves the core stays free of host-only headers and
 # builds with the flags the Arduino core uses (-Os -mlongcalls).
 #
@@ -39,10 +39,10 @@ ln -s /usr/include/bearssl "$tmp/inc/bearssl"
 
 CFLAGS="--specs=$SPECS -std=c11 -Os -mlongcalls -ffunction-sections -fdata-sections -fstack-usage
         -Wall -Wextra -Werror -Wno-unused-parameter
-        -I$tmp/inc -I$top/include -I$here/core"
+        -I$tmp/inc -I$top/lib -I$here/core"
 
 objs=""
-for src in "$here/core/mqtt_client.c" "$top/src/mqtt_codec.c"; do
+for src in "$here/core/mqtt_client.c" "$top/lib/mqtt_codec.c"; do
         obj="$tmp/$(basename "$src" .c).o"
         # shellcheck disable=SC2086
         $CC $CFLAGS -c "$src" -o "$obj"

@@ -6,6 +6,7 @@
 #
 #   sudo ./scripts/test.sh          (SKIP_DEPS=1 to skip apt-get)
 #   QUICK=1 ./scripts/test.sh       (one plain build only)
+#   SKIP_CROSS=1                    (no Raspberry Pi cross-build/qemu run)
 set -u
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -42,6 +43,13 @@ if [ "${QUICK:-0}" != 1 ]; then
 
         CC=clang run build-test-fuzz -Dfuzz=true -Dtests=false -Db_sanitize=address,undefined -Db_lundef=false
         meson test -C build-test-fuzz --suite fuzz --print-errorlogs --no-rebuild || status=1
+fi
+
+if [ "${QUICK:-0}" != 1 ] && [ "${SKIP_CROSS:-0}" != 1 ]; then
+        # The Raspberry Pi packages: arm64 and armhf cross-builds + lintian,
+        # and the suites against arm64 binaries under qemu-user.
+        ./scripts/cross-test.sh || status=1
+        builds="$builds build-cross-arm64 build-cross-armhf"
 fi
 
 python3 "$top/scripts/test-summary.py" $builds

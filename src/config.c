@@ -22,6 +22,7 @@
 #include <ini.h>
 #include <openssl/ssl.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -354,13 +355,17 @@ static int set_value(struct load_state *st, const struct key_desc *k, const char
                 return parse_bind_list(st, k, value);
         case KEY_U16:
         case KEY_UINT:
-        case KEY_SIZE:
+        case KEY_SIZE: {
+                /* A byte count must also fit this machine's size_t: on a
+                 * 32-bit system (the Pi's armhf) 1 TiB would wrap to 0. */
+                unsigned long long max = k->type == KEY_SIZE && k->max > SIZE_MAX ? SIZE_MAX : k->max;
+
                 r = parse_ull(value, &v);
                 if (r == -EINVAL)
                         return fail(st, -EINVAL, st->line, k, "'%s' is not a number", value);
-                if (r < 0 || v < k->min || v > k->max)
+                if (r < 0 || v < k->min || v > max)
                         return fail(st, -ERANGE, st->line, k, "%s is out of range (%llu..%llu)", value,
-                                    k->min, k->max);
+                                    k->min, max);
                 if (k->type == KEY_U16)
                         *(uint16_t *) f = (uint16_t) v;
                 else if (k->type == KEY_UINT)
@@ -368,6 +373,7 @@ static int set_value(struct load_state *st, const struct key_desc *k, const char
                 else
                         *(size_t *) f = (size_t) v;
                 return 0;
+        }
         case KEY_BOOL:
                 r = parse_bool(value);
                 if (r < 0)

@@ -294,7 +294,7 @@ static int explain_bearssl(struct cert_ctx *c, bool ca_bad) {
                                     "a CA (no basicConstraints CA:TRUE, or a path length limit)");
         default:
                 return findings_add(&c->f, "bearssl-error", FINDING_ERROR, NULL, "BearSSL: %s (%s, %d)",
-                                    br_error_text(c->br_code), br_error_name(c->br_code), c->br_code);
+                                    BR_ERROR_TEXT(c->br_code), BR_ERROR_NAME(c->br_code), c->br_code);
         }
 }
 
@@ -401,7 +401,7 @@ static void print_text(const struct cert_ctx *c, bool device_ok) {
         if (c->br_code == 0)
                 printf("OK\n");
         else
-                printf("FAIL %s (%d): %s\n", br_error_name(c->br_code), c->br_code, br_error_text(c->br_code));
+                printf("FAIL %s (%d): %s\n", BR_ERROR_NAME(c->br_code), c->br_code, BR_ERROR_TEXT(c->br_code));
         printf("%-33s ", label);
         if (c->ov.ok)
                 printf("OK\n");
@@ -448,9 +448,9 @@ static void print_json(const struct cert_ctx *c, bool device_ok) {
         printf("],\"key\":");
         json_string(stdout, desc);
         printf("},\"bearssl\":{\"ok\":%s,\"code\":%d,\"error\":", c->br_code == 0 ? "true" : "false", c->br_code);
-        json_string(stdout, br_error_name(c->br_code));
+        json_string(stdout, BR_ERROR_NAME(c->br_code));
         printf(",\"text\":");
-        json_string(stdout, br_error_text(c->br_code));
+        json_string(stdout, BR_ERROR_TEXT(c->br_code));
         printf("},\"openssl\":{\"ok\":%s,\"result\":", c->ov.ok ? "true" : "false");
         json_string(stdout, c->ov.result);
         printf(",\"code\":%d,\"text\":", c->ov.code);

@@ -306,9 +306,9 @@ static void print_json(const struct probe_setup *s, const struct probe_result *r
         json_string(stdout, r1->tcp_ok ? NULL : r1->tcp_error);
         printf("},\"handshake\":{\"ok\":%s,\"code\":%d,\"error\":", r1->tcp_ok && r1->hs_code == 0 ? "true" : "false",
                r1->hs_code);
-        json_string(stdout, r1->tcp_ok ? br_error_name(r1->hs_code) : "TCP");
+        json_string(stdout, r1->tcp_ok ? BR_ERROR_NAME(r1->hs_code) : "TCP");
         printf(",\"text\":");
-        json_string(stdout, r1->tcp_ok ? br_error_text(r1->hs_code) : r1->tcp_error);
+        json_string(stdout, r1->tcp_ok ? BR_ERROR_TEXT(r1->hs_code) : r1->tcp_error);
         printf(",\"timed_out\":%s}", r1->hs_timed_out ? "true" : "false");
         printf(",\"version\":");
         json_string(stdout, r1->hs_code == 0 && r1->tcp_ok ? esp_version_name(r1->version) : NULL);
@@ -318,7 +318,7 @@ static void print_json(const struct probe_setup *s, const struct probe_result *r
         printf(",\"mfl\":{\"requested\":512,\"accepted\":%s}", r1->mfl_echoed && r1->mfl_len == 512 ? "true" : "false");
         printf(",\"resumption\":{\"tried\":%s,\"resumed\":%s,\"code\":%d,\"error\":", tried_resume ? "true" : "false",
                tried_resume && r2->resumed ? "true" : "false", tried_resume ? r2->hs_code : 0);
-        json_string(stdout, tried_resume ? (r2->tcp_ok ? br_error_name(r2->hs_code) : "TCP") : NULL);
+        json_string(stdout, tried_resume ? (r2->tcp_ok ? BR_ERROR_NAME(r2->hs_code) : "TCP") : NULL);
         printf("},\"mqtt\":{\"tried\":%s,\"client_id\":", r1->mqtt_tried ? "true" : "false");
         json_string(stdout, s->client_id);
         printf(",\"connack\":");
@@ -342,8 +342,8 @@ static void print_text(const struct probe_setup *s, const struct probe_result *r
         if (r1->hs_code == 0)
                 printf("TLS handshake: OK\n");
         else
-                printf("TLS handshake: FAIL %s (%d): %s%s\n", br_error_name(r1->hs_code), r1->hs_code,
-                       br_error_text(r1->hs_code), r1->hs_timed_out ? " (timed out)" : "");
+                printf("TLS handshake: FAIL %s (%d): %s%s\n", BR_ERROR_NAME(r1->hs_code), r1->hs_code,
+                       BR_ERROR_TEXT(r1->hs_code), r1->hs_timed_out ? " (timed out)" : "");
         if (r1->hs_code == 0)
                 printf("version:       %s\n", esp_version_name(r1->version));
         if (r1->server_hello)

@@ -7,7 +7,7 @@
 #include "esp8266_profile.h"
 
 /* The suite list and engine set-up are the device's own, shared with
- * edge-device: firmware/host/esp8266_profile.c. */
+ * edge-device: lib/esp8266_profile.c. */
 const char *esp_suite_name(uint16_t suite) {
         return esp8266_suite_name(suite);
 }

@@ -4,59 +4,41 @@
 #include <errno.h>
 #include <string.h>
 
-static int put_str(unsigned char *buf, size_t size, size_t *off, const char *s) {
+#include "mqtt_codec.h"
+
+/* The str fields of struct mqtt_connect point at the caller's strings;
+ * over 65535 bytes cannot be said in MQTT (§1.5.3). */
+static int str_field(struct mqtt_str *f, const char *s) {
         size_t len = strlen(s);
 
         if (len > 65535)
                 return -EINVAL;
-        if (*off + 2 + len > size)
-                return -ENOBUFS;
-        buf[(*off)++] = (unsigned char) (len >> 8);
-        buf[(*off)++] = (unsigned char) len;
-        memcpy(buf + *off, s, len);
-        *off += len;
+        f->data = (const uint8_t *) s;
+        f->len = (uint16_t) len;
         return 0;
 }
 
 int mqtt_probe_connect(unsigned char *buf, size_t size, const char *client_id, uint16_t keepalive,
                        const char *user, const char *pass) {
-        unsigned char body[1024];
-        size_t off = 0, rem, hdr = 1;
-        unsigned char flags = 0x02;     /* §3.1.2.4 clean session */
+        /* The codec the device and the bridge use (lib/mqtt_codec.c), so the
+         * doctor's CONNECT is byte for byte what a device sends. */
+        struct mqtt_connect c = {
+                .protocol_level = MQTT_PROTOCOL_LEVEL_311,
+                .clean_session = true,          /* §3.1.2.4: leave no session behind */
+                .keepalive = keepalive,
+                .has_username = user != NULL,
+                .has_password = pass != NULL,
+        };
         int r;
 
-        if (user)
-                flags |= 0x80;
-        if (pass)
-                flags |= 0x40;
-        r = put_str(body, sizeof body, &off, "MQTT");   /* §3.1.2.1 */
-        if (r < 0)
-                return r;
-        body[off++] = 4;                                /* §3.1.2.2 level 4 = 3.1.1 */
-        body[off++] = flags;
-        body[off++] = (unsigned char) (keepalive >> 8);
-        body[off++] = (unsigned char) keepalive;
-        r = put_str(body, sizeof body, &off, client_id);
+        r = str_field(&c.client_id, client_id);
         if (r >= 0 && user)
-                r = put_str(body, sizeof body, &off, user);
+                r = str_field(&c.username, user);
         if (r >= 0 && pass)
-                r = put_str(body, sizeof body, &off, pass);
+                r = str_field(&c.password, pass);
         if (r < 0)
                 return r;
-
-        /* §2.2.3 remaining length, base-128 varint */
-        rem = off;
-        if (size < 5 + off)
-                return -ENOBUFS;
-        buf[0] = 0x10;
-        do {
-                unsigned char b = rem % 128;
-
-                rem /= 128;
-                buf[hdr++] = (unsigned char) (b | (rem ? 0x80 : 0));
-        } while (rem);
-        memcpy(buf + hdr, body, off);
-        return (int) (hdr + off);
+        return mqtt_encode_connect(buf, size, &c);
 }
 
 int mqtt_probe_connack(const unsigned char p[4], int *session_present) {

@@ -4,14 +4,16 @@
 /*
  * mqtt_probe — the two MQTT 3.1.1 packets the doctor needs to act like a
  * device: CONNECT (§3.1) out, CONNACK (§3.2) in. Caller-provided buffers,
- * no I/O.
+ * no I/O; the CONNECT comes from lib/mqtt_codec.c.
  */
 
 #include <stddef.h>
 #include <stdint.h>
 
-/* Builds CONNECT with clean session; user/pass NULL = absent. Returns the
- * packet length, or -ENOBUFS / -EINVAL (a field over 65535 bytes). */
+/* Builds CONNECT with clean session with the shared codec
+ * (mqtt_encode_connect); user/pass NULL = absent. Returns the packet
+ * length, or -ENOBUFS, or -EINVAL (a field over 65535 bytes, a client id
+ * that is not UTF-8, a password without a user name: §3.1.2.9). */
 int mqtt_probe_connect(unsigned char *buf, size_t size, const char *client_id, uint16_t keepalive,
                        const char *user, const char *pass);
 

@@ -7,7 +7,7 @@
  * Portable C11 with no Arduino, no allocation and no I/O of its own: all
  * memory is inside struct mqtt_client (buffers sized by the macros below),
  * bytes move through a struct edge_transport, packets are built and
- * checked by the shared codec (include/mqtt_codec.h, src/mqtt_codec.c).
+ * checked by the shared codec (lib/mqtt_codec.h, lib/mqtt_codec.c).
  *
  * What it does:
  *   - connects through transport->connect(), sends CONNECT (with the will,

@@ -1,82 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * br_names — names for BearSSL error codes and cipher suites, so the
- * device log says "BR_ERR_X509_BAD_SERVER_NAME", not "56".
- * Pure tables; the same names appear in firmware/README.md.
+ * br_names — names for BearSSL cipher suites and protocol versions, for
+ * edge-device's log. Error names are in lib/br_errors.c (shared with the
+ * firmware and the doctor).
  */
 #include "br_names.h"
 
-#include <stdio.h>
-
 #include <bearssl.h>
-
-#define E(x) { x, #x }
-
-static const struct {
-        int code;
-        const char *name;
-} br_errors[] = {
-        E(BR_ERR_OK),
-        E(BR_ERR_BAD_PARAM),
-        E(BR_ERR_BAD_STATE),
-        E(BR_ERR_UNSUPPORTED_VERSION),
-        E(BR_ERR_BAD_VERSION),
-        E(BR_ERR_BAD_LENGTH),
-        E(BR_ERR_TOO_LARGE),
-        E(BR_ERR_BAD_MAC),
-        E(BR_ERR_NO_RANDOM),
-        E(BR_ERR_UNKNOWN_TYPE),
-        E(BR_ERR_UNEXPECTED),
-        E(BR_ERR_BAD_CCS),
-        E(BR_ERR_BAD_ALERT),
-        E(BR_ERR_BAD_HANDSHAKE),
-        E(BR_ERR_OVERSIZED_ID),
-        E(BR_ERR_BAD_CIPHER_SUITE),
-        E(BR_ERR_BAD_COMPRESSION),
-        E(BR_ERR_BAD_FRAGLEN),
-        E(BR_ERR_BAD_SECRENEG),
-        E(BR_ERR_EXTRA_EXTENSION),
-        E(BR_ERR_BAD_SNI),
-        E(BR_ERR_BAD_HELLO_DONE),
-        E(BR_ERR_LIMIT_EXCEEDED),
-        E(BR_ERR_BAD_FINISHED),
-        E(BR_ERR_RESUME_MISMATCH),
-        E(BR_ERR_INVALID_ALGORITHM),
-        E(BR_ERR_BAD_SIGNATURE),
-        E(BR_ERR_WRONG_KEY_USAGE),
-        E(BR_ERR_NO_CLIENT_AUTH),
-        E(BR_ERR_IO),
-        E(BR_ERR_X509_OK),
-        E(BR_ERR_X509_INVALID_VALUE),
-        E(BR_ERR_X509_TRUNCATED),
-        E(BR_ERR_X509_EMPTY_CHAIN),
-        E(BR_ERR_X509_INNER_TRUNC),
-        E(BR_ERR_X509_BAD_TAG_CLASS),
-        E(BR_ERR_X509_BAD_TAG_VALUE),
-        E(BR_ERR_X509_INDEFINITE_LENGTH),
-        E(BR_ERR_X509_EXTRA_ELEMENT),
-        E(BR_ERR_X509_UNEXPECTED),
-        E(BR_ERR_X509_NOT_CONSTRUCTED),
-        E(BR_ERR_X509_NOT_PRIMITIVE),
-        E(BR_ERR_X509_PARTIAL_BYTE),
-        E(BR_ERR_X509_BAD_BOOLEAN),
-        E(BR_ERR_X509_OVERFLOW),
-        E(BR_ERR_X509_BAD_DN),
-        E(BR_ERR_X509_BAD_TIME),
-        E(BR_ERR_X509_UNSUPPORTED),
-        E(BR_ERR_X509_LIMIT_EXCEEDED),
-        E(BR_ERR_X509_WRONG_KEY_TYPE),
-        E(BR_ERR_X509_BAD_SIGNATURE),
-        E(BR_ERR_X509_TIME_UNKNOWN),
-        E(BR_ERR_X509_EXPIRED),
-        E(BR_ERR_X509_DN_MISMATCH),
-        E(BR_ERR_X509_BAD_SERVER_NAME),
-        E(BR_ERR_X509_CRITICAL_EXTENSION),
-        E(BR_ERR_X509_NOT_CA),
-        E(BR_ERR_X509_FORBIDDEN_KEY_USAGE),
-        E(BR_ERR_X509_WEAK_PUBLIC_KEY),
-        E(BR_ERR_X509_NOT_TRUSTED),
-};
 
 static const struct {
         uint16_t id;
@@ -188,25 +118,6 @@ static const struct {
         { BR_TLS_DHE_PSK_WITH_CHACHA20_POLY1305_SHA256, "DHE_PSK_WITH_CHACHA20_POLY1305_SHA256" },
         { BR_TLS_RSA_PSK_WITH_CHACHA20_POLY1305_SHA256, "RSA_PSK_WITH_CHACHA20_POLY1305_SHA256" },
 };
-
-#undef E
-
-const char *br_error_name(int code, char *buf, size_t len)
-{
-        for (size_t i = 0; i < sizeof(br_errors) / sizeof(br_errors[0]); i++)
-                if (br_errors[i].code == code)
-                        return br_errors[i].name;
-
-        /* 256 + alert: the peer sent a fatal alert; 512 + alert: we did.
-         * Same spelling as mqtt-edge-bridge-doctor (tools/br_errors.c). */
-        if (code >= BR_ERR_SEND_FATAL_ALERT && code < BR_ERR_SEND_FATAL_ALERT + 256)
-                snprintf(buf, len, "BR_ERR_SEND_FATAL_ALERT+%d", code - BR_ERR_SEND_FATAL_ALERT);
-        else if (code >= BR_ERR_RECV_FATAL_ALERT && code < BR_ERR_RECV_FATAL_ALERT + 256)
-                snprintf(buf, len, "BR_ERR_RECV_FATAL_ALERT+%d", code - BR_ERR_RECV_FATAL_ALERT);
-        else
-                snprintf(buf, len, "BR_ERR_UNKNOWN_%d", code);
-        return buf;
-}
 
 const char *br_suite_name(uint16_t id)
 {

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "br_creds.h"
+#include "br_errors.h"
 #include "br_names.h"
 #include "mqtt_client.h"
 #include "tls_transport.h"

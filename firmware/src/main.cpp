@@ -21,11 +21,13 @@
 #include <Arduino.h>
 #include <ESP8266WiFi.h>
 #include <WiFiClientSecureBearSSL.h>
+#include <errno.h>   /* the core's transport returns -errno; Arduino.h does not bring it */
 #include <time.h>
 
 extern "C" {
 #include "mqtt_client.h"
 }
+#include "br_errors.h"   /* ../lib: the names edge-device and the doctor print */
 
 #include "edge_config.h"
 
@@ -49,10 +51,17 @@ extern "C" {
 /* 2023-11-14: any clock before this has not been set by SNTP yet. */
 static const time_t CLOCK_VALID_AFTER = 1700000000;
 
+/* The PEM texts stay in flash (PROGMEM; the core's X509List and
+ * PrivateKey read them with the _P functions): in .rodata they would take
+ * ~4 KB of RAM, and the heap the TLS connection needs. */
+static const char ca_pem[] PROGMEM = EDGE_CA_PEM;
+static const char cert_pem[] PROGMEM = EDGE_CERT_PEM;
+static const char key_pem[] PROGMEM = EDGE_KEY_PEM;
+
 static BearSSL::WiFiClientSecure tls;
-static BearSSL::X509List trust_anchors(EDGE_CA_PEM);
-static BearSSL::X509List client_cert(EDGE_CERT_PEM);
-static BearSSL::PrivateKey client_key(EDGE_KEY_PEM);
+static BearSSL::X509List trust_anchors(ca_pem);
+static BearSSL::X509List client_cert(cert_pem);
+static BearSSL::PrivateKey client_key(key_pem);
 static BearSSL::Session tls_session;   /* survives reconnects: resumption by session ID */
 static bool mfl_probed, mfl_ok;
 
@@ -67,41 +76,6 @@ static bool telemetry_pending;         /* a reading the outbox could not take ye
 static char telemetry_payload[160];
 
 /* ---- logging ---- */
-
-/* The names the host tools print (firmware/host/br_names.c,
- * mqtt-edge-bridge-doctor), for the errors a device actually meets. */
-static const char *br_err_name(int err)
-{
-        switch (err) {
-        case 0: return "BR_ERR_OK";
-        case BR_ERR_BAD_FRAGLEN: return "BR_ERR_BAD_FRAGLEN";
-        case BR_ERR_UNSUPPORTED_VERSION: return "BR_ERR_UNSUPPORTED_VERSION";
-        case BR_ERR_BAD_CIPHER_SUITE: return "BR_ERR_BAD_CIPHER_SUITE";
-        case BR_ERR_TOO_LARGE: return "BR_ERR_TOO_LARGE";
-        case BR_ERR_IO: return "BR_ERR_IO";
-        case BR_ERR_X509_EXPIRED: return "BR_ERR_X509_EXPIRED";
-        case BR_ERR_X509_BAD_SERVER_NAME: return "BR_ERR_X509_BAD_SERVER_NAME";
-        case BR_ERR_X509_NOT_TRUSTED: return "BR_ERR_X509_NOT_TRUSTED";
-        case BR_ERR_X509_NOT_CA: return "BR_ERR_X509_NOT_CA";
-        case BR_ERR_X509_BAD_SIGNATURE: return "BR_ERR_X509_BAD_SIGNATURE";
-        case BR_ERR_X509_WEAK_PUBLIC_KEY: return "BR_ERR_X509_WEAK_PUBLIC_KEY";
-        case BR_ERR_X509_CRITICAL_EXTENSION: return "BR_ERR_X509_CRITICAL_EXTENSION";
-        case BR_ERR_X509_TIME_UNKNOWN: return "BR_ERR_X509_TIME_UNKNOWN";
-        case BR_ERR_X509_UNSUPPORTED: return "BR_ERR_X509_UNSUPPORTED";
-        default: {
-                /* As edge-device and mqtt-edge-bridge-doctor print them. */
-                static char buf[40];
-
-                if (err >= BR_ERR_SEND_FATAL_ALERT && err < BR_ERR_SEND_FATAL_ALERT + 256)
-                        snprintf(buf, sizeof(buf), "BR_ERR_SEND_FATAL_ALERT+%d", err - BR_ERR_SEND_FATAL_ALERT);
-                else if (err >= BR_ERR_RECV_FATAL_ALERT && err < BR_ERR_RECV_FATAL_ALERT + 256)
-                        snprintf(buf, sizeof(buf), "BR_ERR_RECV_FATAL_ALERT+%d", err - BR_ERR_RECV_FATAL_ALERT);
-                else
-                        snprintf(buf, sizeof(buf), "BR_ERR_UNKNOWN_%d", err);
-                return buf;
-        }
-        }
-}
 
 static void make_topic(char *dst, size_t len, const char *leaf)
 {
@@ -191,6 +165,11 @@ static int tp_connect(void *ctx)
                                     trust_anchors.getTrustAnchors()[0].pkey.key_type);
         }
         tls.setSession(&tls_session);
+        /* Nagle off, so a PUBACK or PINGREQ leaves at once. It has to be the
+         * default: the socket belongs to the WiFiClientSecureCtx inside tls,
+         * which takes the default in WiFiClient::connect(); tls.setNoDelay()
+         * would reach the wrapper, which has no socket, and do nothing. */
+        WiFiClient::setDefaultNoDelay(true);
 
         uint32_t t0 = millis();
         /* connect(const char *) checks the certificate against this very
@@ -198,13 +177,17 @@ static int tp_connect(void *ctx)
          * turn the name check off, and then any certificate from the same
          * CA - another device's included - would pass as the bridge. */
         if (!tls.connect(EDGE_SERVER_NAME, EDGE_MQTT_PORT)) {
-                err = tls.getLastSSLError(msg, sizeof(msg));
-                Serial.printf("[tls] %s:%u failed: %d %s (%s)\n", EDGE_SERVER_NAME, EDGE_MQTT_PORT, err,
-                              br_err_name(err), msg);
+                char name[BR_ERROR_NAME_MAX], text[BR_ERROR_TEXT_MAX];
+
+                /* getLastSSLError() strips the fatal-alert bit and names it
+                 * only in msg: put it back, so alert 48 reads
+                 * BR_ERR_RECV_FATAL_ALERT+48 (unknown_ca), not code 48. */
+                err = br_error_from_esp8266(tls.getLastSSLError(msg, sizeof(msg)), msg);
+                Serial.printf("[tls] %s:%u failed: %d %s: %s (core: %s)\n", EDGE_SERVER_NAME, EDGE_MQTT_PORT, err,
+                              br_error_name(err, name, sizeof(name)), br_error_text(err, text, sizeof(text)), msg);
                 tls.stop();
                 return err ? -EPROTO : -ECONNREFUSED;
         }
-        tls.setNoDelay(true);
         Serial.printf("[tls] connected in %lu ms, heap %u\n", (unsigned long)(millis() - t0), ESP.getFreeHeap());
         return 0;
 }

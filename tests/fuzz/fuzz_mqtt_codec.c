@@ -4,8 +4,8 @@
  * walk the lists, re-encode what parsed and check that the re-encoded
  * packet parses back to the same fields. Any mismatch aborts.
  *
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude \
- *         src/mqtt_codec.c tests/fuzz/fuzz_mqtt_codec.c -o fuzz_mqtt_codec
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Ilib \
+ *         lib/mqtt_codec.c tests/fuzz/fuzz_mqtt_codec.c -o fuzz_mqtt_codec
  */
 
 #include <errno.h>

@@ -7,6 +7,11 @@ Environment (set by tests/integration/meson.build):
   BRIDGE_BIN       the mqtt-edge-bridge binary
   EDGE_DEVICE      the edge-device binary (BearSSL simulated ESP8266)
   BRIDGE_WRAPPER   optional command prefix for the bridge, e.g. valgrind
+  MEB_EXEC_WRAPPER command prefix for every binary of another CPU
+                   architecture a test starts, e.g. qemu-aarch64-static
+                   (exec_wrapper.py); it also stands in for BRIDGE_WRAPPER
+  MEB_TIMEOUT_SCALE factor for every wait (wait_for, wait_port, wait_log);
+                   3 under an emulator unless set
 """
 
 import os
@@ -20,11 +25,14 @@ import tempfile
 import time
 import unittest
 
+import exec_wrapper
 from pki import Pki
 
 BRIDGE_BIN = os.environ.get("BRIDGE_BIN", "mqtt-edge-bridge")
 EDGE_DEVICE = os.environ.get("EDGE_DEVICE", "edge-device")
-BRIDGE_WRAPPER = shlex.split(os.environ.get("BRIDGE_WRAPPER", ""))
+# Under an emulator the bridge is wrapped like under valgrind: slower start,
+# and its RSS is the emulator's (tests skip what they cannot measure).
+BRIDGE_WRAPPER = shlex.split(os.environ.get("BRIDGE_WRAPPER", "")) or exec_wrapper.EXEC_WRAPPER
 VALGRIND_ERROR = 99
 IS_ROOT = os.geteuid() == 0
 
@@ -36,6 +44,7 @@ def free_port():
 
 
 def wait_port(port, timeout=10.0, host="127.0.0.1"):
+    timeout *= exec_wrapper.TIMEOUT_SCALE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -47,6 +56,9 @@ def wait_port(port, timeout=10.0, host="127.0.0.1"):
 
 
 def wait_for(predicate, timeout=10.0, what="condition"):
+    # Under an emulator everything the bridge does takes longer; a wait
+    # still ends as soon as its condition holds.
+    timeout *= exec_wrapper.TIMEOUT_SCALE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = predicate()

@@ -57,6 +57,10 @@ class TapResult(unittest.TestResult):
 
 
 def main():
+    # MEB_EXEC_WRAPPER (qemu-user for a cross build) for every test module,
+    # including those that do not use harness.py.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import exec_wrapper  # noqa: F401
     path = sys.argv[1]
     pattern = sys.argv[3] if len(sys.argv) > 3 and sys.argv[2] == "-k" else None
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))

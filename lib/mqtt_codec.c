@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * mqtt_codec — MQTT 3.1 / 3.1.1 packet codec (see include/mqtt_codec.h).
+ * mqtt_codec — MQTT 3.1 / 3.1.1 packet codec (see lib/mqtt_codec.h).
  *
  * Section numbers and [MQTT-x.y.z-n] tags refer to the OASIS MQTT 3.1.1
  * standard. Error classes: -EBADMSG when the bytes do not form the packet
