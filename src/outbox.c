@@ -577,10 +577,11 @@ static void ob_check_stuck(struct outbox *o)
         for (unsigned i = 0; i < o->n_replay; i++)
                 if (o->replay[i].seq < oldest)
                         oldest = o->replay[i].seq;
-        if (o->n_replay == 0 || o->replay_progress || !o->spool) {
+        if (o->replay_progress)
                 o->stuck_count = 0;
+        /* A connect that failed sent nothing: it neither counts nor resets. */
+        if (o->n_replay == 0 || o->replay_progress || !o->spool)
                 return;
-        }
         if (oldest != o->stuck_seq) {
                 o->stuck_seq = oldest;
                 o->stuck_count = 0;
