@@ -280,6 +280,11 @@ void session_on_subscribe(struct session *s, const struct mqtt_list *l)
          * what was requested; the subscriptions are made when the uplink is
          * back (session_up_resync). */
         session_send_suback(s, l->packet_id, q->codes, n);
+        {
+                struct log_fields f = session_fields(s, NULL);
+                log_msg(LOG_LEVEL_DEBUG, &f, "SUBACK for %zu filter%s answered here (%s)", n, n == 1 ? "" : "s",
+                        sent ? "broker away" : "all refused");
+        }
         goto out;
 oom:
         session_close(s, LOG_LEVEL_ERR, "out of memory");
@@ -366,8 +371,12 @@ bool session_up_on_answer(struct session *s, const struct mqtt_packet *pkt)
                                 code = MQTT_SUBACK_FAILURE;
                         q->codes[i] = code;
                 }
-                if (q->dev_pid)
+                if (q->dev_pid) {
                         session_send_suback(s, q->dev_pid, q->codes, q->count);
+                        struct log_fields f = session_fields(s, NULL);
+                        log_msg(LOG_LEVEL_DEBUG, &f, "SUBACK for %zu filter%s relayed", q->count,
+                                q->count == 1 ? "" : "s");
+                }
                 /* The broker has them now (for the bridge's own requests,
                  * count those are marked sent in session_up_resync). */
         } else if (q->dev_pid) {

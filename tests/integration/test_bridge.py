@@ -78,13 +78,14 @@ class TestQos(BridgeTestCase):
 
     def _broker_to_device(self, qos):
         topic = "down%d/x" % qos
+        since = self.bridge.log_size()
         dev = self.device("sensor-3").start(*self.creds("sensor-3"), "--sub", "%s:2" % topic,
-                                            "--expect", "2", "--timeout", "10")
-        wait_for(lambda: "client_id=\"sensor-3\"" in self.bridge.text(), 10, "device connect")
-        time.sleep(0.7)
+                                            "--expect", "2", "--timeout", "30")
+        # The broker has the subscription once its SUBACK went through.
+        self.bridge.wait_log(r'SUBACK for 1 filter relayed.*client_id="sensor-3"', 20, since=since)
         self.mosquitto.pub(topic, "a", qos=qos)
         self.mosquitto.pub(topic, "b", qos=qos)
-        out, err = dev.communicate(timeout=15)
+        out, err = dev.communicate(timeout=40)
         self.assertEqual(dev.returncode, 0, out + err)
         msgs = [l for l in out.splitlines() if l.startswith("message ")]
         self.assertEqual(len(msgs), 2, out)

@@ -237,7 +237,7 @@ class TestQos2Up(RelayBase):
     reaches subscribers once (§4.3.3, §4.4)."""
 
     def test_dup_resend_after_reconnect(self):
-        sub = self.mosquitto.sub("q2/up", 2, timeout=6, qos=2)
+        sub = self.mosquitto.sub("q2/up", 2, timeout=15, qos=2)
         c = self.raw_connected("sensor-1", "sensor-1", clean=False)
         c.send(m.publish("q2/up", b"once", qos=2, pid=7))
         self.assertEqual(c.expect(m.PUBREC).pid, 7)
@@ -253,7 +253,7 @@ class TestQos2Up(RelayBase):
         self.assertEqual(got, ["q2/up once"], "QoS 2 not delivered exactly once")
 
     def test_pubrel_after_reconnect(self):
-        sub = self.mosquitto.sub("q2/rel", 2, timeout=6, qos=2)
+        sub = self.mosquitto.sub("q2/rel", 2, timeout=15, qos=2)
         c = self.raw_connected("sensor-1", "sensor-1", clean=False)
         c.send(m.publish("q2/rel", b"rel", qos=2, pid=9))
         self.assertEqual(c.expect(m.PUBREC).pid, 9)
@@ -274,7 +274,7 @@ class TestOrder(RelayBase):
     bridge_sections = {"bridge": {"mountpoint": "devices/%c/"}}
 
     def test_puback_order_with_refused_publish(self):
-        sub = self.mosquitto.sub("devices/sensor-1/order/#", 2, timeout=8)
+        sub = self.mosquitto.sub("devices/sensor-1/order/#", 2, timeout=40)
         c = self.raw_connected("sensor-1")
         # pid 2 leaves the mountpoint: refused (acknowledged and dropped)
         c.send(m.publish("order/a", b"1", qos=1, pid=1) + m.publish("$SYS/x", b"2", qos=1, pid=2) +
