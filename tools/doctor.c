@@ -14,6 +14,7 @@
 #include "build-config.h"
 #include "doctor_cert.h"
 #include "doctor_connect.h"
+#include "doctor_upstream.h"
 #include "numarg.h"
 #include "timearg.h"
 
@@ -31,6 +32,9 @@ enum {
         ARG_TIMEOUT,
         ARG_TLS_ONLY,
         ARG_NO_RESUME,
+        ARG_CONFIG,
+        ARG_CN,
+        ARG_PASSWORD_FILE,
 };
 
 static void usage(FILE *f) {
@@ -39,12 +43,16 @@ static void usage(FILE *f) {
               "  mqtt-edge-bridge-doctor connect HOST:PORT --ca CA.crt [--cert DEV.crt --key DEV.key] [--name NAME]\n"
               "        [--client-id ID] [--username U] [--password P] [--keepalive S] [--timeout S]\n"
               "        [--time T] [--tls-only] [--no-resume] [--json]\n"
+              "  mqtt-edge-bridge-doctor upstream [--config FILE] [--cn NAME] [--client-id ID]\n"
+              "        [--username U] [--password P | --password-file F] [--timeout S] [--json]\n"
               "\n"
               "  --name NAME   the address or host name the device dials (\"\" = name check off,\n"
               "                as WiFiClientSecure::connect(IPAddress) does)\n"
               "  --time T      the device's clock: now, @EPOCH, YYYY-MM-DD[THH:MM[:SS]] (UTC)\n"
               "\n"
-              "Exit status: 0 the device would succeed, 1 it would not, 2 bad usage or input.\n",
+              "Exit status: 0 the device would succeed, 1 it would not, 2 bad usage or input.\n"
+              "upstream: 0 all works, 1 broker unreachable or TLS failed, 2 bad usage or configuration,\n"
+              "          3 CONNACK refused, 4 the ACL denies the test publish or subscribe.\n",
               f);
 }
 
@@ -63,47 +71,57 @@ int main(int argc, char **argv) {
                 { "timeout", required_argument, NULL, ARG_TIMEOUT },
                 { "tls-only", no_argument, NULL, ARG_TLS_ONLY },
                 { "no-resume", no_argument, NULL, ARG_NO_RESUME },
+                { "config", required_argument, NULL, ARG_CONFIG },
+                { "cn", required_argument, NULL, ARG_CN },
+                { "password-file", required_argument, NULL, ARG_PASSWORD_FILE },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, 'V' },
                 {}
         };
         const char *ca = NULL, *name = NULL, *key = NULL, *cert = NULL, *client_id = NULL;
         const char *username = NULL, *password = NULL, *cmd;
+        const char *config = NULL, *cn = NULL, *password_file = NULL;
         unsigned long keepalive = 60, timeout = 10;
-        bool json = false, tls_only = false, no_resume = false;
+        bool json = false, tls_only = false, no_resume = false, timeout_given = false, device_opts = false;
         time_t at = time(NULL);
         int c;
 
         while ((c = getopt_long(argc, argv, "hV", options, NULL)) >= 0) {
                 switch (c) {
-                case ARG_CA: ca = optarg; break;
-                case ARG_NAME: name = optarg; break;
-                case ARG_KEY: key = optarg; break;
-                case ARG_CERT: cert = optarg; break;
+                case ARG_CA: ca = optarg; device_opts = true; break;
+                case ARG_NAME: name = optarg; device_opts = true; break;
+                case ARG_KEY: key = optarg; device_opts = true; break;
+                case ARG_CERT: cert = optarg; device_opts = true; break;
                 case ARG_JSON: json = true; break;
                 case ARG_CLIENT_ID: client_id = optarg; break;
                 case ARG_USERNAME: username = optarg; break;
                 case ARG_PASSWORD: password = optarg; break;
-                case ARG_TLS_ONLY: tls_only = true; break;
-                case ARG_NO_RESUME: no_resume = true; break;
+                case ARG_TLS_ONLY: tls_only = true; device_opts = true; break;
+                case ARG_NO_RESUME: no_resume = true; device_opts = true; break;
+                case ARG_CONFIG: config = optarg; break;
+                case ARG_CN: cn = optarg; break;
+                case ARG_PASSWORD_FILE: password_file = optarg; break;
                 case ARG_TIME:
                         if (timearg_parse(optarg, &at) < 0) {
                                 fprintf(stderr, "mqtt-edge-bridge-doctor: --time %s: not a time "
                                                 "(now, @EPOCH or YYYY-MM-DD[THH:MM[:SS]], UTC)\n", optarg);
                                 return 2;
                         }
+                        device_opts = true;
                         break;
                 case ARG_KEEPALIVE:
                         if (numarg_parse(optarg, 0, 65535, &keepalive) < 0) {
                                 fprintf(stderr, "mqtt-edge-bridge-doctor: --keepalive: 0..65535 seconds\n");
                                 return 2;
                         }
+                        device_opts = true;
                         break;
                 case ARG_TIMEOUT:
                         if (numarg_parse(optarg, 0, 3600, &timeout) < 0 || timeout == 0) {
                                 fprintf(stderr, "mqtt-edge-bridge-doctor: --timeout: 1..3600 seconds\n");
                                 return 2;
                         }
+                        timeout_given = true;
                         break;
                 case 'h':
                         usage(stdout);
@@ -121,6 +139,34 @@ int main(int argc, char **argv) {
                 return 2;
         }
         cmd = argv[optind++];
+        if (strcmp(cmd, "upstream") == 0) {
+                struct doctor_upstream_args a = {
+                        .config_path = config ? config : DEFAULT_CONFIG_FILE, .cn = cn, .client_id = client_id,
+                        .username = username, .password = password, .password_file = password_file,
+                        .timeout_sec = timeout_given ? (unsigned) timeout : 0, .json = json,
+                };
+
+                if (optind != argc) {
+                        fprintf(stderr, "mqtt-edge-bridge-doctor upstream: no arguments besides options "
+                                        "(the broker comes from --config)\n");
+                        return 2;
+                }
+                if (device_opts) {
+                        fprintf(stderr, "mqtt-edge-bridge-doctor upstream: --ca, --cert, --key, --name, --time, "
+                                        "--keepalive, --tls-only and --no-resume are for cert/connect; upstream "
+                                        "takes the broker's settings from --config\n");
+                        return 2;
+                }
+                if (password && password_file) {
+                        fprintf(stderr, "mqtt-edge-bridge-doctor upstream: --password or --password-file, not both\n");
+                        return 2;
+                }
+                return doctor_upstream_run(&a);
+        }
+        if (config || cn || password_file) {
+                fprintf(stderr, "mqtt-edge-bridge-doctor %s: --config, --cn and --password-file are for upstream\n", cmd);
+                return 2;
+        }
         if (argc - optind != 1) {
                 fprintf(stderr, "mqtt-edge-bridge-doctor %s: expected exactly one %s argument\n", cmd,
                         strcmp(cmd, "connect") == 0 ? "HOST:PORT" : "CHAIN.pem");
@@ -157,6 +203,6 @@ int main(int argc, char **argv) {
                 };
                 return doctor_connect_run(&a);
         }
-        fprintf(stderr, "mqtt-edge-bridge-doctor: unknown command \"%s\" (cert or connect)\n", cmd);
+        fprintf(stderr, "mqtt-edge-bridge-doctor: unknown command \"%s\" (cert, connect or upstream)\n", cmd);
         return 2;
 }
