@@ -114,7 +114,7 @@ static int identity_build(struct report *r, const char *dev_pass, size_t dev_pas
                 return -EINVAL;
         }
 
-        if (random_hex(rnd, 4) < 0 || sscanf(rnd, "%8x", &nonce) != 1)
+        if (getrandom(&nonce, sizeof nonce, 0) != (ssize_t) sizeof nonce)
                 return -EIO;
         /* An empty client id gets one made up from the CN, as the bridge
          * does (policy_client_id): unique, so a live device's session on
@@ -232,7 +232,13 @@ static void diagnose_transport(struct report *r) {
                   "clientAuth"
                 : "the broker may require a client certificate: set [upstream] certfile and keyfile";
         if (r->tls && r->seen.alert[0]) {
-                findings_add(&r->f, "tls-alert", FINDING_ERROR, cert_fix,
+                bool about_cert = strstr(r->seen.alert, "certificate") || strstr(r->seen.alert, "CA") ||
+                                  strstr(r->seen.alert, "access denied");
+
+                findings_add(&r->f, "tls-alert", FINDING_ERROR,
+                             about_cert ? cert_fix
+                                        : "check that the broker has a TLS listener there, and [upstream] "
+                                          "tls_version and ciphers",
                              "the broker ended the TLS connection with the alert \"%s\"", r->seen.alert);
                 return;
         }
@@ -251,7 +257,9 @@ static void diagnose_transport(struct report *r) {
                              res->tls_error[0] ? res->tls_error : res->error);
                 return;
         }
-        findings_add(&r->f, "no-connack", FINDING_ERROR, NULL, "no CONNACK: %s", res->error);
+        findings_add(&r->f, "no-connack", FINDING_ERROR,
+                     r->tls ? NULL : "if the broker expects TLS there, set [upstream] cafile (or capath)",
+                     "no CONNACK: %s", res->error);
 }
 
 static void diagnose(struct report *r) {

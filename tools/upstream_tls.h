@@ -38,7 +38,9 @@ struct upstream_tls_seen {
 };
 
 /* Attaches the watch to ctx; seen must outlive every SSL made from ctx.
- * name is copied. Returns 0 or -ENOMEM. */
+ * name is the one the daemon puts on each upstream connection (uplink.c:
+ * server_name, else host unless that is a socket path; NULL = none); it
+ * is copied. Returns 0 or -ENOMEM. */
 int upstream_tls_watch(SSL_CTX *ctx, struct upstream_tls_seen *seen, const char *name);
 
 /* Whether the leaf carries name the way the verification checks it
