@@ -460,6 +460,8 @@ static void print_tls_text(const struct report *r) {
         }
         printf("  name:        \"%s\" ([upstream] server_name, default host)%s\n", r->expected_name,
                r->name_matched < 0 ? "" : r->name_matched ? ": matched" : ": NOT in the certificate");
+        /* RFC 6066 §3: a literal IP is never sent as SNI. */
+        printf("  SNI:         %s\n", r->seen.name && !name_is_ip(r->seen.name) ? r->seen.name : "(none)");
 }
 
 static void print_text(const struct report *r) {

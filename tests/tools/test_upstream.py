@@ -159,6 +159,7 @@ class Upstream(unittest.TestCase):
         self.assertIn("certificate: CN = raspberry (issuer CN = Test CA ca)", out)
         self.assertIn("SAN:         DNS:raspberry, IP:127.0.0.1", out)
         self.assertIn("\"127.0.0.1\" ([upstream] server_name, default host): matched", out)
+        self.assertIn("SNI:         (none)", out)
         self.assertIn("client id:   \"edge-sensor-1\"", out)
         self.assertIn("MQTT CONNACK:  0 (connection accepted)", out)
         self.assertIn("subscribe:     allowed", out)
