@@ -314,6 +314,13 @@ static void diagnose(struct report *r) {
                              "whether the broker lets the device publish is unknown: without the subscription "
                              "the message cannot come back (mosquitto acknowledges a denied publish anyway)");
         r->status = r->subscribe_allowed && r->publish_allowed == 1 ? DOCTOR_UPSTREAM_OK : DOCTOR_UPSTREAM_DENIED;
+        if (r->status == DOCTOR_UPSTREAM_DENIED && !r->a->client_id && r->cfg->bridge.clientid_must_match_cn)
+                findings_add(&r->f, "generated-client-id", FINDING_INFO,
+                             "run again with --client-id set to the CN while that device is offline",
+                             "the real device connects with client id \"%s%s\" (client ids must match the CN), "
+                             "the doctor with \"%s\" so as not to disturb it: an ACL \"pattern\" with %%c "
+                             "sees the difference", r->cfg->bridge.client_id_prefix ? r->cfg->bridge.client_id_prefix : "",
+                             r->cn, r->client_id);
 }
 
 static const char *transport_kind(const struct report *r) {

@@ -24,8 +24,9 @@ import toolslib as T  # noqa: E402
 from harness import Mosquitto, TestPki, write_ini  # noqa: E402
 
 USERS = {"sensor-1": "pw-1", "sensor-2": "pw-2", "observer": "observer-pw"}
-# Read-only for sensor-1 under its mountpoint, nothing at all for sensor-2.
-ACL = "user sensor-1\ntopic read devices/sensor-1/#\n\nuser sensor-2\n"
+# Read-only for sensor-1 under its mountpoint, nothing at all for sensor-2;
+# clients/<client id>/ for everyone.
+ACL = "pattern readwrite clients/%c/#\n\nuser sensor-1\ntopic read devices/sensor-1/#\n\nuser sensor-2\n"
 EXIT_UNREACHABLE, EXIT_USAGE, EXIT_REFUSED, EXIT_DENIED = 1, 2, 3, 4
 # mosquitto's acl_file accepts every SUBSCRIBE (it checks read access on
 # delivery); the dynamic security plugin checks SUBSCRIBE and answers 0x80.
@@ -243,7 +244,19 @@ class Upstream(unittest.TestCase):
         self.assertEqual(rc, EXIT_DENIED, j)
         self.assertEqual(j["subscribe"], {"suback": 1, "allowed": True})     # acl_file: see DYNSEC
         self.assertFalse(j["publish"]["allowed"])
-        self.assertEqual(self.ids(j), ["acl-publish-denied"])
+        self.assertEqual(self.ids(j), ["acl-publish-denied", "generated-client-id"])
+
+    def test_acl_pattern_client_id(self):
+        # A %c pattern sees the client id: the doctor's own one is denied,
+        # the device's (--client-id, for a device that is offline) allowed.
+        ini = self.ini(self.acl_broker, bridge={"mountpoint": "clients/%c/"})
+        rc, j = self.sensor1(ini)
+        self.assertEqual(rc, EXIT_DENIED, j)
+        self.assertIn("generated-client-id", self.ids(j))
+        rc, j = self.sensor1(ini, "--client-id", "sensor-1")
+        self.assertEqual(rc, 0, j)
+        self.assertEqual(j["mqtt"]["client_id"], "sensor-1")
+        self.assertTrue(j["topic"].startswith("clients/sensor-1/"), j)
 
     @unittest.skipUnless(DYNSEC, "mosquitto's dynamic security plugin is not installed")
     def test_subscribe_denied(self):
@@ -253,7 +266,7 @@ class Upstream(unittest.TestCase):
         self.assertEqual(j["subscribe"], {"suback": 0x80, "allowed": False})
         self.assertTrue(j["publish"]["puback"])
         self.assertIsNone(j["publish"]["allowed"])      # it cannot come back: unknown
-        self.assertEqual(self.ids(j), ["acl-subscribe-denied", "acl-publish-unknown"])
+        self.assertEqual(self.ids(j), ["acl-subscribe-denied", "acl-publish-unknown", "generated-client-id"])
         rc, out, err = self.doctor(self.ini(self.dynsec_broker), "--cn", "sensor-1", "--password", "pw-1",
                                    json_out=False)
         self.assertEqual(rc, EXIT_DENIED, out + err)
