@@ -18,6 +18,7 @@
  * to within it; and no step runs more iterations than this. */
 #define PROBE_SLICE_MS 100
 #define PROBE_MAX_ITERATIONS 100000
+#define PROBE_LATE_LOOKS 8
 
 struct probe {
         const struct upstream_probe_params *p;
@@ -186,17 +187,20 @@ static int wait_socket(struct probe *pr, long long deadline) {
                 long long left = deadline - now_ms();
                 int r;
 
+                /* Look once more even past the deadline: connect_async
+                 * itself may have used it up (a slow handshake on
+                 * loopback, see probe_exchange). */
+                r = poll(&pfd, 1, left <= 0 ? 0 : left > PROBE_SLICE_MS ? PROBE_SLICE_MS : (int) left);
+                if (r < 0 && errno != EINTR)
+                        return -errno;
+                if (r > 0)
+                        break;
                 if (left <= 0) {
                         res->timed_out = true;
                         snprintf(res->error, sizeof res->error, "cannot connect: timed out after %u s",
                                  pr->p->timeout_sec);
                         return -ETIMEDOUT;
                 }
-                r = poll(&pfd, 1, left > PROBE_SLICE_MS ? PROBE_SLICE_MS : (int) left);
-                if (r < 0 && errno != EINTR)
-                        return -errno;
-                if (r > 0)
-                        break;
         }
         sl = sizeof soerr;
         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
@@ -229,6 +233,7 @@ static int wait_socket(struct probe *pr, long long deadline) {
  * step's deadline passes. */
 static int run_until(struct probe *pr, bool (*done)(const struct probe *), const char *what) {
         long long deadline = now_ms() + (long long) pr->p->timeout_sec * 1000;
+        int late = 0;
 
         for (int i = 0; i < PROBE_MAX_ITERATIONS; i++) {
                 long long left;
@@ -237,9 +242,9 @@ static int run_until(struct probe *pr, bool (*done)(const struct probe *), const
                 if (done(pr))
                         return 0;
                 left = deadline - now_ms();
-                if (left <= 0)
-                        break;
-                rc = mosquitto_loop(pr->mosq, left > PROBE_SLICE_MS ? PROBE_SLICE_MS : (int) left, 1);
+                /* Past the deadline, a few last looks without waiting
+                 * (one packet each): what already arrived counts. */
+                rc = mosquitto_loop(pr->mosq, left <= 0 ? 0 : left > PROBE_SLICE_MS ? PROBE_SLICE_MS : (int) left, 1);
                 if (rc != MOSQ_ERR_SUCCESS) {
                         int e = errno;
 
@@ -248,7 +253,11 @@ static int run_until(struct probe *pr, bool (*done)(const struct probe *), const
                         describe_rc(pr, rc, e);
                         return -EIO;
                 }
+                if (left <= 0 && ++late >= PROBE_LATE_LOOKS)
+                        break;
         }
+        if (done(pr))
+                return 0;
         pr->res->timed_out = true;
         snprintf(pr->res->error, sizeof pr->res->error, "no %s within %u s", what, pr->p->timeout_sec);
         return -ETIMEDOUT;
