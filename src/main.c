@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <mosquitto.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
@@ -225,7 +224,6 @@ int main(int argc, char **argv)
 
         /* A device or broker that vanishes mid-write must not kill us. */
         signal(SIGPIPE, SIG_IGN);
-        mosquitto_lib_init();
 
         sigemptyset(&mask);
         sigaddset(&mask, SIGTERM);
@@ -266,6 +264,5 @@ int main(int argc, char **argv)
 out:
         config_free(&cfg);
         sd_event_unref(event);
-        mosquitto_lib_cleanup();
         return r < 0 ? 1 : 0;
 }
