@@ -14,6 +14,8 @@
 #include <stdint.h>
 
 #define CONFIG_MAX_BIND 4
+/* certfile/keyfile pairs given in the file (certdir may hold more). */
+#define CONFIG_MAX_CERTS 16
 
 enum config_username_mode {
         USERNAME_FROM_DEVICE = 0, /* what the device sent; the CN if none (default) */
@@ -45,8 +47,19 @@ struct config_listener {
         char *bind_address[CONFIG_MAX_BIND]; /* "0.0.0.0", "::", ... ; default {"0.0.0.0"} */
         size_t n_bind;
         uint16_t port;                /* default 8884 */
-        char *certfile;               /* required: chain, leaf first */
-        char *keyfile;                /* required */
+        char *certfile;               /* the first certfile: chain, leaf first; required unless certdir */
+        char *keyfile;                /* its key */
+        /* More certfile/keyfile pairs (the key repeated): the n-th certfile
+         * goes with the n-th keyfile. The certificate whose CN (or, when it
+         * has a SAN, a dNSName) equals the name the device sent as SNI
+         * (RFC 6066 §3) is used for that connection. */
+        char *extra_certfile[CONFIG_MAX_CERTS - 1];
+        char *extra_keyfile[CONFIG_MAX_CERTS - 1];
+        size_t n_extra;
+        char *certdir;                /* directory of NAME.crt + NAME.key pairs, also chosen by SNI */
+        char *default_name;           /* the name whose certificate serves no SNI / no match;
+                                         NULL = certfile, else certdir's first pair by file name */
+        unsigned max_send_fragment;   /* cap on TLS records sent, bytes (512..16384); 0 = off (default) */
         char *cafile;                 /* required when require_certificate */
         char *crlfile;                /* optional */
         bool require_certificate;     /* default true */
@@ -54,6 +67,7 @@ struct config_listener {
         int tls_version_min;          /* TLS1_VERSION..TLS1_3_VERSION; "tlsv1.2" default */
         char *ciphers;                /* TLS <= 1.2 cipher list; NULL = built-in default */
         char *ciphersuites;           /* TLS 1.3; NULL = OpenSSL default */
+        unsigned expiry_warning_days; /* warn this many days before a certificate expires; default 30, 0 = never */
         unsigned handshake_timeout;   /* seconds, default 10 */
         unsigned first_byte_timeout;  /* seconds before the first TLS byte, default 3 (capped by handshake_timeout) */
         unsigned session_cache_size;  /* TLS sessions, default 1024 (0 = off) */

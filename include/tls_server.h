@@ -15,16 +15,66 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 #include <openssl/ssl.h>
 
 #include "config.h"
+
+/*
+ * One certificate the listener can present (several, chosen by SNI: the
+ * [listener] certfile/keyfile pairs and certdir's NAME.crt/NAME.key).
+ * names are those BearSSL would accept it for (x509_minimal): its SAN
+ * dNSName entries when it has a SAN, else its subject CN.
+ */
+struct tls_server_cert {
+        char *file;                  /* the certfile it was read from */
+        char cn[256];                /* subject CN, "" if none */
+        char **names;                /* chosen when the SNI equals one (ASCII case-insensitive) */
+        size_t n_names;
+        time_t not_after;
+        X509 *x509;
+        EVP_PKEY *pkey;
+        STACK_OF(X509) *chain;       /* intermediates, may be NULL */
+};
+
+/* A CA certificate of [listener] cafile, for the expiry warnings. */
+struct tls_server_ca {
+        char name[256];              /* subject CN, or the whole subject when it has no CN */
+        time_t not_after;
+};
+
+/* What a listener context holds, owned by the SSL_CTX (freed with it). */
+struct tls_server_certs {
+        struct tls_server_cert *v;
+        size_t n;
+        size_t default_index;        /* the one for no SNI or no match */
+        struct tls_server_ca *ca;
+        size_t n_ca;
+};
+
+/* The certificates of a context made by tls_server_ctx_new (never NULL
+ * for one; NULL for any other context). Valid while ctx lives. */
+const struct tls_server_certs *tls_server_ctx_certs(SSL_CTX *ctx);
+
+/*
+ * Which of certs serves a ClientHello with this SNI host name (NULL or ""
+ * = none sent): the index of the certificate one of whose names equals it,
+ * else default_index. Pure; exposed for the unit test. An IP literal is
+ * matched like any other name: BearSSL sends the address it dials as SNI
+ * although RFC 6066 §3 does not allow literal addresses there.
+ */
+size_t tls_server_pick_cert(const struct tls_server_certs *certs, const char *sni);
 
 /* The cipher list used when [listener] ciphers is not set. */
 extern const char tls_server_default_ciphers[];
 
 /*
- * Make the listener's SSL_CTX from [listener]. Loads certfile (chain),
- * keyfile, cafile, crlfile now, so any problem shows at start-up or reload.
+ * Make the listener's SSL_CTX from [listener]. Loads every certfile/keyfile
+ * pair and certdir, cafile, crlfile now, so any problem shows at start-up
+ * or reload. One context serves every name: a servername callback puts the
+ * chosen certificate on the connection (SSL_use_cert_and_key), so the
+ * session cache and session id context are the same for all names and a
+ * device resumes whichever name it dials.
  * Returns 0 and *out (caller owns: SSL_CTX_free), or a negative errno with
  * a message in err naming the file and OpenSSL's reason.
  */

@@ -105,6 +105,22 @@ static void bridge_check_nofile(const struct bridge *b)
                             b->cfg.limits.max_connections, need, (unsigned long long) rl.rlim_cur);
 }
 
+/* "listener certificates (by SNI): 192.168.0.52 (default), raspberry, ..." */
+static void log_listener_certs(SSL_CTX *ctx)
+{
+        const struct tls_server_certs *cs = tls_server_ctx_certs(ctx);
+        char line[1024] = "";
+        size_t at = 0;
+
+        if (!cs || cs->n < 2)
+                return;
+        for (size_t i = 0; i < cs->n && at < sizeof line; i++)
+                for (size_t j = 0; j < cs->v[i].n_names && at < sizeof line; j++)
+                        at += (size_t) snprintf(line + at, sizeof line - at, "%s%s%s", at ? ", " : "",
+                                                cs->v[i].names[j], i == cs->default_index ? " (default)" : "");
+        log_notice("listener certificates, chosen by SNI: %s", line);
+}
+
 int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
 {
         char err[512] = "";
@@ -127,6 +143,7 @@ int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
                 log_error("%s", err);
                 return r;
         }
+        log_listener_certs(b->device_ctx);
         r = tls_client_ctx_new(&b->cfg.upstream, &up_ctx, err, sizeof err);
         if (r < 0) {
                 log_error("%s", err);

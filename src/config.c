@@ -42,6 +42,7 @@ enum key_type {
         KEY_STRING,     /* kept as given, "" included */
         KEY_OPTSTRING,  /* "" = unset (NULL) */
         KEY_PATH,       /* like KEY_OPTSTRING; checked for readability afterwards */
+        KEY_PAIR_PATH,  /* certfile/keyfile: KEY_PATH that may repeat, each repeat one more pair */
         KEY_HOST,       /* upstream host: name, IP or absolute socket path */
         KEY_IP,         /* one IPv4/IPv6 literal, "" = unset */
         KEY_BIND_LIST,  /* listener bind_address list */
@@ -73,6 +74,7 @@ enum {
         K_L_BIND, K_L_PORT, K_L_CERTFILE, K_L_KEYFILE, K_L_CAFILE, K_L_CRLFILE, K_L_REQCERT,
         K_L_TLSVER, K_L_CIPHERS, K_L_CIPHERSUITES, K_L_HS_TIMEOUT, K_L_CACHE, K_L_SESS_TIMEOUT,
         K_L_FIRST_BYTE, K_L_REVOKE,
+        K_L_CERTDIR, K_L_DEFAULT_NAME, K_L_MAX_SEND_FRAG, K_L_EXPIRY_DAYS,
         K_U_HOST, K_U_PORT, K_U_CAFILE, K_U_CAPATH, K_U_CERTFILE, K_U_KEYFILE, K_U_SERVER_NAME,
         K_U_TLSVER, K_U_CIPHERS, K_U_BIND, K_U_CONN_TIMEOUT,
         K_B_PREFIX, K_B_USERMODE, K_B_USERNAME, K_B_PASSMODE, K_B_PASSWORD, K_B_MOUNTPOINT,
@@ -87,8 +89,14 @@ enum {
 static const struct key_desc keys[N_KEYS] = {
         [K_L_BIND] = { "listener", "bind_address", KEY_BIND_LIST, OFF(listener.bind_address), 0, 0, false },
         [K_L_PORT] = { "listener", "port", KEY_U16, OFF(listener.port), 1, 65535, false },
-        [K_L_CERTFILE] = { "listener", "certfile", KEY_PATH, OFF(listener.certfile), 0, 0, false },
-        [K_L_KEYFILE] = { "listener", "keyfile", KEY_PATH, OFF(listener.keyfile), 0, 0, false },
+        [K_L_CERTFILE] = { "listener", "certfile", KEY_PAIR_PATH, OFF(listener.certfile), 0, 0, false },
+        [K_L_KEYFILE] = { "listener", "keyfile", KEY_PAIR_PATH, OFF(listener.keyfile), 0, 0, false },
+        [K_L_CERTDIR] = { "listener", "certdir", KEY_PATH, OFF(listener.certdir), 0, 0, false },
+        [K_L_DEFAULT_NAME] = { "listener", "default_name", KEY_OPTSTRING, OFF(listener.default_name), 0, 0, false },
+        /* RFC 6066 §4: 512..16384 are the sizes a record may be limited to;
+         * OpenSSL refuses less than 512. 0 = leave OpenSSL's 16384. */
+        [K_L_MAX_SEND_FRAG] = { "listener", "max_send_fragment", KEY_UINT, OFF(listener.max_send_fragment), 0, 16384, false },
+        [K_L_EXPIRY_DAYS] = { "listener", "expiry_warning_days", KEY_UINT, OFF(listener.expiry_warning_days), 0, 3650, false },
         [K_L_CAFILE] = { "listener", "cafile", KEY_PATH, OFF(listener.cafile), 0, 0, false },
         [K_L_CRLFILE] = { "listener", "crlfile", KEY_PATH, OFF(listener.crlfile), 0, 0, false },
         [K_L_REQCERT] = { "listener", "require_certificate", KEY_BOOL, OFF(listener.require_certificate), 0, 0, false },
@@ -153,6 +161,9 @@ struct load_state {
         const char *pos;     /* reader position in the text */
         int line;            /* number of the line last handed to inih */
         int seen[N_KEYS];    /* line where each key was set, 0 = not set */
+        int cert_line[CONFIG_MAX_CERTS]; /* line of the n-th [listener] certfile */
+        int key_line[CONFIG_MAX_CERTS];  /* line of the n-th [listener] keyfile */
+        size_t n_certfile, n_keyfile;
         int err;             /* first error (negative errno), 0 = none */
         int err_line;        /* its line, 0 = none */
         bool check_files;    /* false: skip the readability checks (config_load_settings) */
@@ -337,6 +348,7 @@ static int set_value(struct load_state *st, const struct key_desc *k, const char
                 return set_string(f, value, false);
         case KEY_OPTSTRING:
         case KEY_PATH:
+        case KEY_PAIR_PATH:
                 return set_string(f, value, true);
         case KEY_HOST:
                 if (!*value)
@@ -439,6 +451,39 @@ static int set_value(struct load_state *st, const struct key_desc *k, const char
         return -EINVAL;
 }
 
+/* [listener] certfile / keyfile: the first goes where a single pair always
+ * went (listener.certfile/keyfile), each repeat is one more pair for SNI;
+ * validate() checks that they pair up. Returns inih's 1 / 0. */
+static int add_pair_path(struct load_state *st, size_t idx, const char *value)
+{
+        const struct key_desc *k = &keys[idx];
+        struct config_listener *l = &st->cfg->listener;
+        bool cert = idx == K_L_CERTFILE;
+        size_t *n = cert ? &st->n_certfile : &st->n_keyfile;
+        int *lines = cert ? st->cert_line : st->key_line;
+        char **slot;
+
+        if (!*value) {
+                fail(st, -EINVAL, st->line, k, "empty (give a PEM file)");
+                return 0;
+        }
+        if (*n == CONFIG_MAX_CERTS) {
+                fail(st, -EINVAL, st->line, k, "more than %d (put further certificates in certdir)",
+                     CONFIG_MAX_CERTS);
+                return 0;
+        }
+        slot = *n == 0 ? (cert ? &l->certfile : &l->keyfile)
+                       : (cert ? &l->extra_certfile[*n - 1] : &l->extra_keyfile[*n - 1]);
+        if (set_string(slot, value, true) < 0) {
+                fail(st, -ENOMEM, st->line, k, "%s", strerror(ENOMEM));
+                return 0;
+        }
+        if (*n == 0)
+                st->seen[idx] = st->line;
+        lines[(*n)++] = st->line;
+        return 1;
+}
+
 static int handler(void *user, const char *section, const char *name, const char *value)
 {
         struct load_state *st = user;
@@ -461,6 +506,8 @@ static int handler(void *user, const char *section, const char *name, const char
                         elsewhere = k->section;
                         continue;
                 }
+                if (k->type == KEY_PAIR_PATH)
+                        return add_pair_path(st, i, value);
                 if (st->seen[i]) {
                         fail(st, -EINVAL, st->line, k, "set twice (first on line %d)", st->seen[i]);
                         return 0;
@@ -537,26 +584,32 @@ static char *reader(char *buf, int num, void *user)
         return st->err ? NULL : buf;
 }
 
-static int check_path(struct load_state *st, size_t idx, bool directory)
+static int check_one_path(struct load_state *st, const struct key_desc *k, const char *path, int line,
+                          bool directory)
 {
-        const struct key_desc *k = &keys[idx];
-        const char *path = *(char **) field(st->cfg, k->offset);
         struct stat sb;
 
         if (!path || !st->check_files)
                 return 0;
         if (stat(path, &sb) < 0)
-                return fail(st, -errno, st->seen[idx], k, "'%s': %s", path, strerror(errno));
+                return fail(st, -errno, line, k, "'%s': %s", path, strerror(errno));
         if (directory && !S_ISDIR(sb.st_mode))
-                return fail(st, -ENOTDIR, st->seen[idx], k, "'%s' is not a directory", path);
+                return fail(st, -ENOTDIR, line, k, "'%s' is not a directory", path);
         if (!directory && S_ISDIR(sb.st_mode))
-                return fail(st, -EISDIR, st->seen[idx], k, "'%s' is a directory, not a file", path);
+                return fail(st, -EISDIR, line, k, "'%s' is a directory, not a file", path);
         /* access() checks with the real uid, the one the daemon runs as under
          * systemd's User=; opening and parsing is the TLS layer's job. */
         if (access(path, directory ? R_OK | X_OK : R_OK) < 0)
-                return fail(st, -errno, st->seen[idx], k, "'%s' is not readable by uid %u: %s", path,
+                return fail(st, -errno, line, k, "'%s' is not readable by uid %u: %s", path,
                             (unsigned) getuid(), strerror(errno));
         return 0;
+}
+
+static int check_path(struct load_state *st, size_t idx, bool directory)
+{
+        const struct key_desc *k = &keys[idx];
+
+        return check_one_path(st, k, *(char **) field(st->cfg, k->offset), st->seen[idx], directory);
 }
 
 static int require(struct load_state *st, size_t idx, const char *why)
@@ -579,6 +632,44 @@ static bool mountpoint_uses(const char *t, char which)
         return false;
 }
 
+/* The listener's certificates: pairs that match up, certfile or certdir,
+ * and every file readable. */
+static int validate_listener_certs(struct load_state *st)
+{
+        const struct config_listener *l = &st->cfg->listener;
+        int r;
+
+        if (!l->certfile && !l->certdir) {
+                r = require(st, K_L_CERTFILE,
+                            "required (the listener's certificate chain, PEM, leaf first), or certdir");
+                if (r < 0)
+                        return r;
+        }
+        if (st->n_certfile == 1 && st->n_keyfile == 0)
+                return require(st, K_L_KEYFILE, "required (the private key of certfile, PEM)");
+        if (st->n_certfile != st->n_keyfile) {
+                bool cert = st->n_certfile > st->n_keyfile;
+                size_t n = cert ? st->n_certfile : st->n_keyfile;
+                size_t idx = cert ? K_L_CERTFILE : K_L_KEYFILE;
+
+                return fail(st, -EINVAL, (cert ? st->cert_line : st->key_line)[n - 1], &keys[idx],
+                            "%s #%zu has no %s (give each certfile its keyfile, in the same order)",
+                            keys[idx].name, n, cert ? "keyfile" : "certfile");
+        }
+        st->cfg->listener.n_extra = st->n_certfile > 0 ? st->n_certfile - 1 : 0;
+        for (size_t i = 0; i < st->n_certfile; i++) {
+                r = check_one_path(st, &keys[K_L_CERTFILE], i ? l->extra_certfile[i - 1] : l->certfile,
+                                   st->cert_line[i], false);
+                if (r < 0)
+                        return r;
+                r = check_one_path(st, &keys[K_L_KEYFILE], i ? l->extra_keyfile[i - 1] : l->keyfile,
+                                   st->key_line[i], false);
+                if (r < 0)
+                        return r;
+        }
+        return check_path(st, K_L_CERTDIR, true);
+}
+
 static int validate(struct load_state *st)
 {
         struct config *cfg = st->cfg;
@@ -587,19 +678,19 @@ static int validate(struct load_state *st)
         int r;
 
         /* [listener] */
-        r = require(st, K_L_CERTFILE, "required (the listener's certificate chain, PEM, leaf first)");
+        r = validate_listener_certs(st);
         if (r < 0)
                 return r;
-        r = require(st, K_L_KEYFILE, "required (the private key of certfile, PEM)");
-        if (r < 0)
-                return r;
+        if (cfg->listener.max_send_fragment && cfg->listener.max_send_fragment < 512)
+                return fail(st, -ERANGE, st->seen[K_L_MAX_SEND_FRAG], &keys[K_L_MAX_SEND_FRAG],
+                            "%u is out of range (0 = off, or 512..16384)", cfg->listener.max_send_fragment);
         if (cfg->listener.require_certificate) {
                 r = require(st, K_L_CAFILE,
                             "required when require_certificate is true (the CA that signs the devices' certificates)");
                 if (r < 0)
                         return r;
         }
-        static const size_t files[] = { K_L_CERTFILE, K_L_KEYFILE, K_L_CAFILE, K_L_CRLFILE,
+        static const size_t files[] = { K_L_CAFILE, K_L_CRLFILE,
                                         K_U_CAFILE, K_U_CERTFILE, K_U_KEYFILE };
         for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
                 r = check_path(st, files[i], false);
@@ -837,6 +928,7 @@ int config_init(struct config *cfg)
         cfg->listener.revoke_connected = true;
         cfg->listener.session_cache_size = 1024;
         cfg->listener.session_timeout = 86400;
+        cfg->listener.expiry_warning_days = 30;
 
         cfg->upstream.host = strdup("127.0.0.1");
         cfg->upstream.port = 8883;
@@ -898,6 +990,12 @@ void config_free(struct config *cfg)
                 free(cfg->listener.bind_address[i]);
         free(cfg->listener.certfile);
         free(cfg->listener.keyfile);
+        for (size_t i = 0; i < CONFIG_MAX_CERTS - 1; i++) {
+                free(cfg->listener.extra_certfile[i]);
+                free(cfg->listener.extra_keyfile[i]);
+        }
+        free(cfg->listener.certdir);
+        free(cfg->listener.default_name);
         free(cfg->listener.cafile);
         free(cfg->listener.crlfile);
         free(cfg->listener.ciphers);

@@ -100,13 +100,16 @@ static int condition(const char *path)
 
         if (config_init(&cfg) < 0)
                 return 0;
-        if (config_load_settings(&cfg, path, err, sizeof err) == 0 && cfg.listener.certfile &&
-            stat(cfg.listener.certfile, &sb) < 0 && errno == ENOENT) {
+        const char *cert = NULL;
+        if (config_load_settings(&cfg, path, err, sizeof err) == 0)
+                cert = cfg.listener.certfile ? cfg.listener.certfile : cfg.listener.certdir;
+        if (cert && stat(cert, &sb) < 0 && errno == ENOENT) {
                 fprintf(stderr,
                         "mqtt-edge-bridge is not configured yet: %s does not exist.\n"
-                        "Create the listener certificate and key (mqtt-edge-bridge-certs), edit %s,\n"
+                        "Run mqtt-edge-bridge-setup, or create the listener certificate and key\n"
+                        "(mqtt-edge-bridge-certs) and edit %s;\n"
                         "then: systemctl start mqtt-edge-bridge. See mqtt-edge-bridge(8).\n",
-                        cfg.listener.certfile, path);
+                        cert, path);
                 ret = 1;
         }
         config_free(&cfg);

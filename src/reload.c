@@ -100,7 +100,7 @@ static void notify_reloading(void)
 
 int reload_config(struct bridge *b)
 {
-        char err[1024] = "", cert[512];
+        char err[1024] = "", cert[512], more[64];
         struct config next = { 0 }, old;
         SSL_CTX *device_ctx = NULL, *up_ctx = NULL;
         struct metrics *metrics = NULL;
@@ -178,9 +178,13 @@ int reload_config(struct bridge *b)
         b->stats.reloads_ok++;
         b->stats.last_reload_failed = false;
         describe_cert(b->device_ctx, cert, sizeof cert);
-        log_notice("configuration reloaded: new connections use listener certificate %s%s%s; "
+        const struct tls_server_certs *cs = tls_server_ctx_certs(b->device_ctx);
+        size_t n_certs = cs ? cs->n : 1;
+        log_notice("configuration reloaded: new connections use listener certificate %s%s%s%s%s; "
                    "%u device%s stay connected",
-                   cert, b->cfg.listener.crlfile ? " and CRL " : "",
+                   cert, n_certs > 1 ? " (the default of " : "",
+                   n_certs > 1 ? (snprintf(more, sizeof more, "%zu, chosen by SNI)", n_certs), more) : "",
+                   b->cfg.listener.crlfile ? " and CRL " : "",
                    b->cfg.listener.crlfile ? b->cfg.listener.crlfile : "", b->n_devices,
                    b->n_devices == 1 ? "" : "s");
         /* A device revoked by the new CRL (or from a CA no longer

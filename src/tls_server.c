@@ -1,11 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
+#include <stdlib.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
 #include "tls_server.h"
@@ -31,6 +36,10 @@ const char tls_server_default_ciphers[] =
 static const unsigned char session_id_context[] = "mqtt-edge-bridge";
 
 static int verify_info_index = -1;
+static int certs_index = -1;
+
+/* certdir: far more than any machine has names; bounds start-up work. */
+#define CERTDIR_MAX 256
 
 /* A private key others can read is a key others may have copied: refuse
  * to start with it rather than trust it (group-readable is fine: root:
@@ -101,14 +110,336 @@ static int load_crl(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
         return 0;
 }
 
+static void cert_done(struct tls_server_cert *c)
+{
+        free(c->file);
+        for (size_t i = 0; i < c->n_names; i++)
+                free(c->names[i]);
+        free(c->names);
+        X509_free(c->x509);
+        EVP_PKEY_free(c->pkey);
+        sk_X509_pop_free(c->chain, X509_free);
+}
+
+static void certs_free(struct tls_server_certs *cs)
+{
+        if (!cs)
+                return;
+        for (size_t i = 0; i < cs->n; i++)
+                cert_done(&cs->v[i]);
+        free(cs->v);
+        free(cs->ca);
+        free(cs);
+}
+
+static void certs_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+        certs_free(ptr);
+}
+
+const struct tls_server_certs *tls_server_ctx_certs(SSL_CTX *ctx)
+{
+        return ctx && certs_index >= 0 ? SSL_CTX_get_ex_data(ctx, certs_index) : NULL;
+}
+
+size_t tls_server_pick_cert(const struct tls_server_certs *certs, const char *sni)
+{
+        if (sni && *sni)
+                for (size_t i = 0; i < certs->n; i++)
+                        for (size_t j = 0; j < certs->v[i].n_names; j++)
+                                if (strcasecmp(certs->v[i].names[j], sni) == 0)
+                                        return i;
+        return certs->default_index;
+}
+
+static time_t asn1_to_time(const ASN1_TIME *t)
+{
+        struct tm tm;
+
+        if (!t || ASN1_TIME_to_tm(t, &tm) != 1)
+                return 0;
+        return timegm(&tm);
+}
+
+/* CN as UTF-8 into buf; "" when none or unusable. */
+static void subject_cn(X509 *x, char *buf, size_t len)
+{
+        X509_NAME *name = X509_get_subject_name(x);
+        int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+
+        buf[0] = 0;
+        if (idx < 0)
+                return;
+        unsigned char *utf8 = NULL;
+        int n = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx)));
+        if (n > 0 && (size_t) n < len && !memchr(utf8, 0, (size_t) n)) {
+                memcpy(buf, utf8, (size_t) n);
+                buf[n] = 0;
+        }
+        OPENSSL_free(utf8);
+}
+
+static int add_name(struct tls_server_cert *c, const char *name, size_t len)
+{
+        char **v = realloc(c->names, (c->n_names + 1) * sizeof *v);
+
+        if (!v)
+                return -ENOMEM;
+        c->names = v;
+        v[c->n_names] = strndup(name, len);
+        if (!v[c->n_names])
+                return -ENOMEM;
+        c->n_names++;
+        return 0;
+}
+
+/* The names BearSSL's x509_minimal accepts the certificate for: with a
+ * SAN, its dNSName entries only (iPAddress entries are never compared);
+ * without, the subject CN (BEARSSL-FACTS.md). */
+static int cert_names(struct tls_server_cert *c)
+{
+        GENERAL_NAMES *san = X509_get_ext_d2i(c->x509, NID_subject_alt_name, NULL, NULL);
+        int r = 0;
+
+        if (!san)
+                return c->cn[0] ? add_name(c, c->cn, strlen(c->cn)) : 0;
+        for (int i = 0; i < sk_GENERAL_NAME_num(san) && r == 0; i++) {
+                const GENERAL_NAME *g = sk_GENERAL_NAME_value(san, i);
+                if (g->type != GEN_DNS)
+                        continue;
+                const unsigned char *d = ASN1_STRING_get0_data(g->d.dNSName);
+                int n = ASN1_STRING_length(g->d.dNSName);
+                if (n > 0 && !memchr(d, 0, (size_t) n))
+                        r = add_name(c, (const char *) d, (size_t) n);
+        }
+        GENERAL_NAMES_free(san);
+        return r;
+}
+
+/* Read one certfile (leaf, then its chain) and its keyfile into c. */
+static int cert_load(struct tls_server_cert *c, const char *certfile, const char *keyfile, char *err,
+                     size_t errlen)
+{
+        char why[256];
+        FILE *f;
+        int r;
+
+        memset(c, 0, sizeof *c);
+        c->file = strdup(certfile);
+        if (!c->file)
+                return -ENOMEM;
+        f = fopen(certfile, "re");
+        if (!f) {
+                snprintf(err, errlen, "[listener] certfile: %s: %s", certfile, strerror(errno));
+                return -errno;
+        }
+        c->x509 = PEM_read_X509(f, NULL, NULL, NULL);
+        if (c->x509) {
+                X509 *x;
+                while ((x = PEM_read_X509(f, NULL, NULL, NULL))) {
+                        if (!c->chain && !(c->chain = sk_X509_new_null())) {
+                                X509_free(x);
+                                break;
+                        }
+                        sk_X509_push(c->chain, x);
+                }
+        }
+        fclose(f);
+        ERR_clear_error(); /* the end of the file is an error to PEM_read */
+        if (!c->x509) {
+                snprintf(err, errlen, "[listener] certfile: %s: cannot load certificate chain: no PEM certificate",
+                         certfile);
+                return -EINVAL;
+        }
+        if ((r = check_key_mode(keyfile, err, errlen)) < 0)
+                return r;
+        f = fopen(keyfile, "re");
+        if (!f) {
+                snprintf(err, errlen, "[listener] keyfile: %s: %s", keyfile, strerror(errno));
+                return -errno;
+        }
+        c->pkey = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+        fclose(f);
+        if (!c->pkey) {
+                openssl_reason(why, sizeof why);
+                snprintf(err, errlen, "%s: cannot load private key: %s", keyfile, why);
+                return -EINVAL;
+        }
+        if (X509_check_private_key(c->x509, c->pkey) != 1) {
+                ERR_clear_error();
+                snprintf(err, errlen, "%s: private key does not match certificate %s", keyfile, certfile);
+                return -EINVAL;
+        }
+        subject_cn(c->x509, c->cn, sizeof c->cn);
+        c->not_after = asn1_to_time(X509_get0_notAfter(c->x509));
+        return cert_names(c) < 0 ? -ENOMEM : 0;
+}
+
+static int certs_add(struct tls_server_certs *cs, const char *certfile, const char *keyfile, char *err,
+                     size_t errlen)
+{
+        struct tls_server_cert *v = realloc(cs->v, (cs->n + 1) * sizeof *v);
+        int r;
+
+        if (!v)
+                return -ENOMEM;
+        cs->v = v;
+        r = cert_load(&v[cs->n], certfile, keyfile, err, errlen);
+        if (r < 0) {
+                cert_done(&v[cs->n]);
+                return r;
+        }
+        /* Two certificates for one name: which one a device gets would
+         * depend on the order of files, so say so instead. */
+        for (size_t i = 0; i < cs->n; i++)
+                for (size_t j = 0; j < v[i].n_names; j++)
+                        for (size_t k = 0; k < v[cs->n].n_names; k++)
+                                if (strcasecmp(v[i].names[j], v[cs->n].names[k]) == 0) {
+                                        snprintf(err, errlen, "[listener] %s and %s are both for the name \"%s\" "
+                                                 "(keep one certificate per name)", v[i].file, certfile,
+                                                 v[i].names[j]);
+                                        cert_done(&v[cs->n]);
+                                        return -EINVAL;
+                                }
+        cs->n++;
+        return 0;
+}
+
+static int crt_filter(const struct dirent *d)
+{
+        size_t n = strlen(d->d_name);
+
+        return d->d_name[0] != '.' && n > 4 && strcmp(d->d_name + n - 4, ".crt") == 0;
+}
+
+/* certdir: every NAME.crt with its NAME.key, in file-name order. */
+static int certs_add_dir(struct tls_server_certs *cs, const char *dir, char *err, size_t errlen)
+{
+        struct dirent **list = NULL;
+        int n, r = 0;
+
+        n = scandir(dir, &list, crt_filter, alphasort);
+        if (n < 0) {
+                snprintf(err, errlen, "[listener] certdir: %s: %s", dir, strerror(errno));
+                return -errno;
+        }
+        if (n > CERTDIR_MAX) {
+                snprintf(err, errlen, "[listener] certdir: %s: more than %d certificates", dir, CERTDIR_MAX);
+                r = -E2BIG;
+        }
+        for (int i = 0; i < n; i++) {
+                char crt[4096], key[4096];
+                size_t len = strlen(list[i]->d_name);
+
+                if (r == 0) {
+                        snprintf(crt, sizeof crt, "%s/%s", dir, list[i]->d_name);
+                        snprintf(key, sizeof key, "%s/%.*s.key", dir, (int) (len - 4), list[i]->d_name);
+                        if (access(key, F_OK) < 0) {
+                                snprintf(err, errlen, "[listener] certdir: %s has no key %s", crt, key);
+                                r = -ENOENT;
+                        } else
+                                r = certs_add(cs, crt, key, err, errlen);
+                }
+                free(list[i]);
+        }
+        free(list);
+        return r;
+}
+
+static int certs_load(const struct config_listener *l, struct tls_server_certs **out, char *err, size_t errlen)
+{
+        struct tls_server_certs *cs = calloc(1, sizeof *cs);
+        int r = 0;
+
+        if (!cs)
+                return -ENOMEM;
+        if (l->certfile)
+                r = certs_add(cs, l->certfile, l->keyfile, err, errlen);
+        for (size_t i = 0; r == 0 && i < l->n_extra; i++)
+                r = certs_add(cs, l->extra_certfile[i], l->extra_keyfile[i], err, errlen);
+        if (r == 0 && l->certdir)
+                r = certs_add_dir(cs, l->certdir, err, errlen);
+        if (r == 0 && cs->n == 0) {
+                snprintf(err, errlen, "[listener] certdir: %s holds no NAME.crt/NAME.key pair", l->certdir);
+                r = -ENOENT;
+        }
+        if (r == 0 && l->default_name) {
+                cs->default_index = SIZE_MAX; /* "no match" */
+                size_t i = tls_server_pick_cert(cs, l->default_name);
+                if (i == SIZE_MAX) {
+                        snprintf(err, errlen, "[listener] default_name: no certificate is for \"%s\"",
+                                 l->default_name);
+                        r = -EINVAL;
+                } else
+                        cs->default_index = i;
+        }
+        if (r < 0) {
+                if (r == -ENOMEM)
+                        snprintf(err, errlen, "%s", strerror(ENOMEM));
+                certs_free(cs);
+                return r;
+        }
+        *out = cs;
+        return 0;
+}
+
+/* [listener] cafile's certificates, for the expiry warnings. */
+static int certs_load_ca(struct tls_server_certs *cs, const char *cafile)
+{
+        FILE *f = fopen(cafile, "re");
+        X509 *x;
+
+        if (!f)
+                return -errno;
+        while ((x = PEM_read_X509(f, NULL, NULL, NULL))) {
+                struct tls_server_ca *v = realloc(cs->ca, (cs->n_ca + 1) * sizeof *v);
+                if (!v) {
+                        X509_free(x);
+                        break;
+                }
+                cs->ca = v;
+                subject_cn(x, v[cs->n_ca].name, sizeof v[cs->n_ca].name);
+                if (!v[cs->n_ca].name[0])
+                        X509_NAME_oneline(X509_get_subject_name(x), v[cs->n_ca].name, sizeof v[cs->n_ca].name);
+                v[cs->n_ca].not_after = asn1_to_time(X509_get0_notAfter(x));
+                cs->n_ca++;
+                X509_free(x);
+        }
+        ERR_clear_error();
+        fclose(f);
+        return 0;
+}
+
+/* RFC 6066 §3: the host name the device sent. The connection starts with
+ * the default certificate; swap in the one for that name, if any. Never
+ * refuse the handshake here: a name we have no certificate for gets the
+ * default one, and the device's own name check decides. */
+static int servername_cb(SSL *ssl, int *alert, void *arg)
+{
+        const struct tls_server_certs *cs = tls_server_ctx_certs(SSL_get_SSL_CTX(ssl));
+        const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+
+        if (!cs || !sni)
+                return SSL_TLSEXT_ERR_OK;
+        size_t i = tls_server_pick_cert(cs, sni);
+        if (i != cs->default_index &&
+            SSL_use_cert_and_key(ssl, cs->v[i].x509, cs->v[i].pkey, cs->v[i].chain, 1) != 1)
+                ERR_clear_error(); /* keep the default */
+        return SSL_TLSEXT_ERR_OK;
+}
+
 int tls_server_ctx_new(const struct config_listener *l, SSL_CTX **out, char *err, size_t errlen)
 {
         SSL_CTX *ctx;
         char why[256];
         int r = -EINVAL;
 
+        struct tls_server_certs *certs = NULL;
+
         if (verify_info_index < 0)
                 verify_info_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+        if (certs_index < 0)
+                certs_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, certs_ex_free);
 
         ctx = SSL_CTX_new(TLS_server_method());
         if (!ctx) {
@@ -146,21 +477,26 @@ int tls_server_ctx_new(const struct config_listener *l, SSL_CTX **out, char *err
         /* BearSSL offers X25519 and the NIST curves. */
         SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384:P-521");
 
-        if (SSL_CTX_use_certificate_chain_file(ctx, l->certfile) != 1) {
-                openssl_reason(why, sizeof why);
-                snprintf(err, errlen, "%s: cannot load certificate chain: %s", l->certfile, why);
-                goto fail;
-        }
-        if ((r = check_key_mode(l->keyfile, err, errlen)) < 0)
+        if ((r = certs_load(l, &certs, err, errlen)) < 0)
                 goto fail;
         r = -EINVAL;
-        if (SSL_CTX_use_PrivateKey_file(ctx, l->keyfile, SSL_FILETYPE_PEM) != 1) {
+        const struct tls_server_cert *def = &certs->v[certs->default_index];
+        if (SSL_CTX_use_cert_and_key(ctx, def->x509, def->pkey, def->chain, 1) != 1) {
                 openssl_reason(why, sizeof why);
-                snprintf(err, errlen, "%s: cannot load private key: %s", l->keyfile, why);
+                snprintf(err, errlen, "%s: cannot use certificate: %s", def->file, why);
                 goto fail;
         }
-        if (SSL_CTX_check_private_key(ctx) != 1) {
-                snprintf(err, errlen, "%s: private key does not match certificate %s", l->keyfile, l->certfile);
+        if (l->cafile)
+                (void) certs_load_ca(certs, l->cafile);
+        SSL_CTX_set_ex_data(ctx, certs_index, certs);
+        certs = NULL; /* the context owns it now */
+        if (tls_server_ctx_certs(ctx)->n > 1)
+                SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
+        /* Records we send no larger than this, for devices with a small
+         * receive buffer that do not ask for a Maximum Fragment Length
+         * (RFC 6066 §4). */
+        if (l->max_send_fragment && SSL_CTX_set_max_send_fragment(ctx, l->max_send_fragment) != 1) {
+                snprintf(err, errlen, "[listener] max_send_fragment: %u refused by OpenSSL", l->max_send_fragment);
                 ERR_clear_error();
                 goto fail;
         }
@@ -198,6 +534,7 @@ int tls_server_ctx_new(const struct config_listener *l, SSL_CTX **out, char *err
         *out = ctx;
         return 0;
 fail:
+        certs_free(certs);
         SSL_CTX_free(ctx);
         return r;
 }

@@ -18,6 +18,8 @@
 #include "numarg.h"
 #include "timearg.h"
 
+#define DOCTOR_MAX_NAMES 32
+
 enum {
         ARG_CA = 0x100,
         ARG_NAME,
@@ -47,7 +49,8 @@ static void usage(FILE *f) {
               "        [--username U] [--password P | --password-file F] [--timeout S] [--json]\n"
               "\n"
               "  --name NAME   the address or host name the device dials (\"\" = name check off,\n"
-              "                as WiFiClientSecure::connect(IPAddress) does)\n"
+              "                as WiFiClientSecure::connect(IPAddress) does); connect takes it\n"
+              "                several times and checks each name (one report each)\n"
               "  --time T      the device's clock: now, @EPOCH, YYYY-MM-DD[THH:MM[:SS]] (UTC)\n"
               "\n"
               "Exit status: 0 the device would succeed, 1 it would not, 2 bad usage or input.\n"
@@ -78,6 +81,8 @@ int main(int argc, char **argv) {
                 { "version", no_argument, NULL, 'V' },
                 {}
         };
+        const char *names[DOCTOR_MAX_NAMES];
+        size_t n_names = 0;
         const char *ca = NULL, *name = NULL, *key = NULL, *cert = NULL, *client_id = NULL;
         const char *username = NULL, *password = NULL, *cmd;
         const char *config = NULL, *cn = NULL, *password_file = NULL;
@@ -89,7 +94,14 @@ int main(int argc, char **argv) {
         while ((c = getopt_long(argc, argv, "hV", options, NULL)) >= 0) {
                 switch (c) {
                 case ARG_CA: ca = optarg; device_opts = true; break;
-                case ARG_NAME: name = optarg; device_opts = true; break;
+                case ARG_NAME:
+                        if (n_names == DOCTOR_MAX_NAMES) {
+                                fprintf(stderr, "mqtt-edge-bridge-doctor: at most %d --name\n", DOCTOR_MAX_NAMES);
+                                return 2;
+                        }
+                        name = names[n_names++] = optarg;
+                        device_opts = true;
+                        break;
                 case ARG_KEY: key = optarg; device_opts = true; break;
                 case ARG_CERT: cert = optarg; device_opts = true; break;
                 case ARG_JSON: json = true; break;
@@ -192,6 +204,10 @@ int main(int argc, char **argv) {
                         fprintf(stderr, "mqtt-edge-bridge-doctor cert: --cert is for connect; the chain is the argument\n");
                         return 2;
                 }
+                if (n_names > 1) {
+                        fprintf(stderr, "mqtt-edge-bridge-doctor cert: one --name per run (connect takes several)\n");
+                        return 2;
+                }
                 return doctor_cert_run(&a);
         }
         if (strcmp(cmd, "connect") == 0) {
@@ -201,7 +217,20 @@ int main(int argc, char **argv) {
                         .keepalive = (uint16_t) keepalive, .at = at, .timeout_sec = (unsigned) timeout,
                         .tls_only = tls_only, .no_resume = no_resume, .json = json,
                 };
-                return doctor_connect_run(&a);
+                /* One listener serves every name the devices dial (SNI):
+                 * each gets its own probe and report; the worst exit
+                 * status wins. */
+                int ret = 0;
+                for (size_t i = 0; i < (n_names ? n_names : 1); i++) {
+                        a.name = n_names ? names[i] : NULL;
+                        if (i > 0 && !json)
+                                printf("\n");
+                        int r = doctor_connect_run(&a);
+                        if (r > ret)
+                                ret = r;
+                        fflush(stdout);
+                }
+                return ret;
         }
         fprintf(stderr, "mqtt-edge-bridge-doctor: unknown command \"%s\" (cert, connect or upstream)\n", cmd);
         return 2;

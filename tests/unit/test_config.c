@@ -481,7 +481,13 @@ static void test_structure(void **state)
         load_bad_text("port = 1\n[listener]\n", -EINVAL, "t.ini:1: 'port' is outside any [section]");
         load_bad("port = 1\nport = 2\n", -EINVAL, "t.ini:6: [listener] port: set twice (first on line 5)");
         load_bad("[listener]\ncertfile = /x\n", -EINVAL,
-                 "t.ini:6: [listener] certfile: set twice (first on line 2)");
+                 "t.ini:6: [listener] certfile: certfile #2 has no keyfile");
+        load_bad("[listener]\nkeyfile = /x\n", -EINVAL,
+                 "t.ini:6: [listener] keyfile: keyfile #2 has no certfile");
+        load_bad("[listener]\nmax_send_fragment = 100\n", -ERANGE,
+                 "t.ini:6: [listener] max_send_fragment: 100 is out of range (0 = off, or 512..16384)");
+        load_bad("[listener]\ncertdir = /nonexistent-dir\n", -ENOENT,
+                 "t.ini:6: [listener] certdir: '/nonexistent-dir': No such file");
         load_bad("[log]\nlevel = info\n[upstream]\n[log]\nlevel = debug\n", -EINVAL,
                  "t.ini:9: [log] level: set twice (first on line 6)");
         load_bad("this is not ini\n", -EINVAL, "t.ini:5: syntax error");
@@ -549,7 +555,7 @@ static void test_bind_address(void **state)
 
 static void test_listener_files(void **state)
 {
-        char text[2048];
+        char text[2048], want[512];
         struct config cfg;
 
         (void) state;
@@ -569,8 +575,29 @@ static void test_listener_files(void **state)
         assert_null(cfg.listener.cafile);
         config_free(&cfg);
 
+        /* several pairs for SNI, and a certificate directory */
+        snprintf(text, sizeof(text), "%scertfile = %s\nkeyfile = %s\ncertfile = %s\nkeyfile = %s\n"
+                 "certdir = %s\ndefault_name = raspberry\nmax_send_fragment = 1024\n", base, p_crt, p_key,
+                 p_crt, p_key, dir);
+        assert_int_equal(load(&cfg, NULL, 0, text), 0);
+        assert_int_equal(cfg.listener.n_extra, 2);
+        assert_string_equal(cfg.listener.extra_keyfile[1], p_key);
+        assert_string_equal(cfg.listener.certdir, dir);
+        assert_string_equal(cfg.listener.default_name, "raspberry");
+        assert_int_equal(cfg.listener.max_send_fragment, 1024);
+        assert_int_equal(cfg.listener.expiry_warning_days, 30);
+        config_free(&cfg);
+        /* certdir alone is enough */
+        snprintf(text, sizeof(text), "[listener]\ncertdir = %s\ncafile = %s\n", dir, p_ca);
+        assert_int_equal(load(&cfg, NULL, 0, text), 0);
+        assert_null(cfg.listener.certfile);
+        config_free(&cfg);
+        snprintf(text, sizeof(text), "[listener]\ncertfile = %s\nkeyfile = %s\ncertfile = %s\nkeyfile = %s\n",
+                 p_crt, p_key, p_missing, p_key);
+        snprintf(want, sizeof(want), "t.ini:4: [listener] certfile: '%s': No such file", p_missing);
+        load_bad_text(text, -ENOENT, want);
+
         /* missing, a directory */
-        char want[512];
         snprintf(text, sizeof(text), "[listener]\n\ncertfile = %s\nkeyfile = %s\ncafile = %s\n", p_missing, p_key,
                  p_ca);
         snprintf(want, sizeof(want), "t.ini:3: [listener] certfile: '%s': No such file or directory", p_missing);
