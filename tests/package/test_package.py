@@ -147,7 +147,10 @@ class TestPackage(unittest.TestCase):
                   UNIT, "/usr/lib/sysusers.d/mqtt-edge-bridge.conf", CONF,
                   "/usr/share/man/man8/mqtt-edge-bridge.8.gz", "/usr/share/man/man5/mqtt-edge-bridge.ini.5.gz",
                   "/usr/share/mqtt-edge-bridge/firmware/platformio.ini",
-                  "/usr/share/mqtt-edge-bridge/lib/mqtt_codec.c"):
+                  "/usr/share/mqtt-edge-bridge/lib/mqtt_codec.c",
+                  "/usr/sbin/mqtt-edge-bridge-setup", "/usr/share/man/man8/mqtt-edge-bridge-setup.8.gz",
+                  os.path.join(os.path.dirname(UNIT), "mqtt-edge-bridge-renew.timer"),
+                  os.path.join(os.path.dirname(UNIT), "mqtt-edge-bridge-renew.service")):
             self.assertIn(f, self.installed_files)
         self.assertNotIn("/usr/bin/edge-device", self.installed_files)
         conffiles = run(["dpkg-query", "-W", "-f=${Conffiles}", PACKAGE]).stdout
