@@ -20,6 +20,7 @@ struct uplink_pool;
 struct replayer;
 struct metrics;
 struct conn_limits;
+struct inventory;
 
 /* CONNACK return codes (MQTT 3.1.1 §3.2.2.3), to count refusals by. */
 #define BRIDGE_CONNACK_CODES 6
@@ -77,6 +78,7 @@ struct bridge {
         sd_event_source *status_timer;
         struct metrics *metrics;     /* NULL when [metrics] enabled = false */
         struct conn_limits *conn_limits; /* connections, handshakes, per address (listener.c) */
+        struct inventory *inventory; /* certificates seen, expiry warnings, handshake failures */
         uint64_t start_time_usec;    /* CLOCK_REALTIME, for process_start_time_seconds */
         unsigned n_sessions;
         unsigned n_devices;          /* sessions past CONNACK 0 */

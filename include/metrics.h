@@ -17,6 +17,7 @@
  * authentication: it binds to 127.0.0.1 unless told otherwise.
  */
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -47,7 +48,8 @@ int metrics_render(const struct bridge *b, char **out, size_t *len);
 /*
  * --status: GET /metrics from address:port (a wildcard address means the
  * loopback of its family) with a timeout, and print a summary for a person
- * to f. Returns 0; -ECONNREFUSED and friends when the daemon cannot be
+ * to f, then the device list of GET /status; with json, only GET
+ * /status.json as it comes. Returns 0; -ECONNREFUSED and friends when the daemon cannot be
  * reached; -EPROTO on a reply that is not ours. Messages go to stderr.
  */
-int metrics_print_status(FILE *f, const char *address, uint16_t port);
+int metrics_print_status(FILE *f, const char *address, uint16_t port, bool json);

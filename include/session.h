@@ -31,6 +31,11 @@ void session_free(struct session *s);
 /* Close for shutdown: close_notify to the device, then session_free. */
 void session_shutdown(struct session *s);
 
+/* Call fn for every session past its TLS handshake (status, metrics):
+ * what a reader may know of a device, without struct session. */
+struct device_view;
+void session_foreach_device(struct bridge *b, void (*fn)(const struct device_view *v, void *u), void *u);
+
 /* Unlink s from the reap list and return the next one (used by the reaper). */
 struct session *session_reap_next(struct bridge *b);
 

@@ -11,6 +11,7 @@
 
 #include "bridge.h"
 #include "conn_limits.h"
+#include "inventory.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -144,6 +145,9 @@ int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
                 return r;
         }
         log_listener_certs(b->device_ctx);
+        r = inventory_new(b, &b->inventory);
+        if (r < 0)
+                return r;
         r = tls_client_ctx_new(&b->cfg.upstream, &up_ctx, err, sizeof err);
         if (r < 0) {
                 log_error("%s", err);
@@ -211,6 +215,7 @@ void bridge_stop(struct bridge *b)
         sd_event_source_disable_unref(b->reaper);
         sd_event_source_disable_unref(b->status_timer);
         conn_limits_free(b->conn_limits); /* after every session and listener let go of theirs */
+        inventory_free(b->inventory);
         SSL_CTX_free(b->device_ctx);
         config_free(&b->cfg);
         sd_event_unref(b->event);

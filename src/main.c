@@ -28,7 +28,9 @@ static void usage(FILE *f)
                 "\n"
                 "  -c, --config FILE   configuration file (default %s)\n"
                 "  -t, --check-config  validate the configuration and certificates, then exit 0/1\n"
-                "  -s, --status        print the running daemon's counters (needs [metrics] enabled)\n"
+                "  -s, --status        print the running daemon's counters, devices and recent\n"
+                "                      handshake failures (needs [metrics] enabled)\n"
+                "      --json          with --status: the devices, failures and certificates as JSON\n"
                 "      --condition     exit 1 with a hint if the listener certificate does not exist\n"
                 "                      yet (the unit's ExecCondition=), 0 otherwise\n"
                 "  -V, --version       print the version and exit\n"
@@ -119,7 +121,7 @@ static int condition(const char *path)
 /* --status: what the metrics endpoint says, for a person. Exit 0, 1 when
  * the endpoint is off or the file is bad, 3 when the daemon cannot be
  * reached (LSB: "program is not running"). */
-static int status(const char *path)
+static int status(const char *path, bool json)
 {
         char err[1024];
         struct config cfg;
@@ -137,7 +139,7 @@ static int status(const char *path)
                         path);
                 ret = 1;
         } else {
-                r = metrics_print_status(stdout, cfg.metrics.bind_address, cfg.metrics.port);
+                r = metrics_print_status(stdout, cfg.metrics.bind_address, cfg.metrics.port, json);
                 if (r == -EPROTO)
                         fprintf(stderr, "mqtt-edge-bridge: %s port %u did not answer like mqtt-edge-bridge\n",
                                 cfg.metrics.bind_address, cfg.metrics.port);
@@ -164,12 +166,13 @@ int main(int argc, char **argv)
                 { "check-config", no_argument, NULL, 't' },
                 { "status", no_argument, NULL, 's' },
                 { "condition", no_argument, NULL, 'C' },
+                { "json", no_argument, NULL, 'J' },
                 { "version", no_argument, NULL, 'V' },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
         const char *path = DEFAULT_CONFIG_FILE;
-        bool check_only = false, want_status = false, want_condition = false;
+        bool check_only = false, want_status = false, want_condition = false, want_json = false;
         struct config cfg = { 0 };
         struct bridge b;
         sd_event *event = NULL;
@@ -190,6 +193,9 @@ int main(int argc, char **argv)
                 case 'C':
                         want_condition = true;
                         break;
+                case 'J':
+                        want_json = true;
+                        break;
                 case 'V':
                         printf("mqtt-edge-bridge %s\n", PACKAGE_VERSION);
                         return 0;
@@ -207,8 +213,12 @@ int main(int argc, char **argv)
                 return 2;
         }
 
+        if (want_json && !want_status) {
+                fprintf(stderr, "mqtt-edge-bridge: --json goes with --status\n");
+                return 2;
+        }
         if (want_status)
-                return status(path);
+                return status(path, want_json);
         if (want_condition)
                 return condition(path);
 

@@ -29,9 +29,11 @@
 #include "build-config.h"
 #include "bridge.h"
 #include "conn_limits.h"
+#include "inventory.h"
 #include "list.h"
 #include "log.h"
 #include "metrics.h"
+#include "status.h"
 #include "uplink.h"
 
 #define STATUS_TIMEOUT_SEC 3
@@ -63,6 +65,30 @@ struct metrics_client {
 };
 
 /* ---- rendering ---- */
+
+/* A label value: backslash, double quote and newline escaped (exposition
+ * format 0.0.4); a CN is the device's to choose. */
+static void label_value(FILE *f, const char *v)
+{
+        for (; *v; v++) {
+                if (*v == '\\' || *v == '"')
+                        fprintf(f, "\\%c", *v);
+                else if (*v == '\n')
+                        fputs("\\n", f);
+                else
+                        fputc(*v, f);
+        }
+}
+
+static void expiry_line(enum inventory_kind kind, const char *name, time_t not_after, void *u)
+{
+        FILE *f = u;
+
+        fprintf(f, "mqtt_edge_bridge_certificate_expiry_timestamp_seconds{kind=\"%s\",name=\"",
+                inventory_kind_name(kind));
+        label_value(f, name);
+        fprintf(f, "\"} %lld\n", (long long) not_after);
+}
 
 static void head(FILE *f, const char *name, const char *type, const char *help)
 {
@@ -212,6 +238,10 @@ int metrics_render(const struct bridge *b, char **out, size_t *len)
             "1 unless the last reload was rejected (the previous configuration is still in use).",
             !st->last_reload_failed);
 
+        head(f, "mqtt_edge_bridge_certificate_expiry_timestamp_seconds", "gauge",
+             "notAfter of the listener certificates, the CA and the device certificates seen since start.");
+        inventory_foreach_cert(b->inventory, expiry_line, f);
+
         if (fclose(f) != 0 || !buf) {
                 free(buf);
                 return -ENOMEM;
@@ -300,16 +330,25 @@ static int client_handle(struct metrics_client *c, bool too_big)
         if (strcmp(method, "GET") != 0)
                 return client_error(c, "405 Method Not Allowed", "Allow: GET\r\n");
         /* A query string changes nothing: Prometheus may add one. */
-        size_t plen = strcspn(target, "?");
-        if (plen != strlen("/metrics") || strncmp(target, "/metrics", plen) != 0)
-                return client_error(c, "404 Not Found", NULL);
-
+        target[strcspn(target, "?")] = '\0';
         char *text = NULL;
         size_t len = 0;
-        int r = metrics_render(c->m->b, &text, &len);
+        const char *type;
+        int r;
+        if (strcmp(target, "/metrics") == 0) {
+                r = metrics_render(c->m->b, &text, &len);
+                type = CONTENT_TYPE_METRICS;
+        } else if (strcmp(target, "/status") == 0) {
+                r = status_render(c->m->b, false, &text, &len);
+                type = CONTENT_TYPE_TEXT;
+        } else if (strcmp(target, "/status.json") == 0) {
+                r = status_render(c->m->b, true, &text, &len);
+                type = "application/json";
+        } else
+                return client_error(c, "404 Not Found", NULL);
         if (r < 0)
                 return client_error(c, "500 Internal Server Error", NULL);
-        r = client_respond(c, "200 OK", CONTENT_TYPE_METRICS, NULL, text, len);
+        r = client_respond(c, "200 OK", type, NULL, text, len);
         free(text);
         return r;
 }
@@ -508,13 +547,17 @@ uint16_t metrics_port(const struct metrics *m)
 
 /* ---- --status ---- */
 
-/* GET /metrics; *body points into the malloc'ed *reply. */
-static int fetch(const char *address, uint16_t port, char **reply, const char **body)
+/* GET path; *body points into the malloc'ed *reply, which must contain
+ * marker (so that another program's port is not taken for ours). */
+static int fetch(const char *address, uint16_t port, const char *path, const char *marker, char **reply,
+                 const char **body)
 {
         struct sockaddr_storage ss = { 0 };
         struct timeval tv = { .tv_sec = STATUS_TIMEOUT_SEC };
         socklen_t len;
-        char req[] = "GET /metrics HTTP/1.0\r\nUser-Agent: mqtt-edge-bridge --status\r\n\r\n";
+        char req[256];
+
+        snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nUser-Agent: mqtt-edge-bridge --status\r\n\r\n", path);
         char *buf = NULL;
         size_t n = 0, cap = 0;
         int fd, r;
@@ -542,7 +585,7 @@ static int fetch(const char *address, uint16_t port, char **reply, const char **
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         if (connect(fd, (struct sockaddr *) &ss, len) < 0 ||
-            send(fd, req, sizeof req - 1, MSG_NOSIGNAL) != (ssize_t) (sizeof req - 1)) {
+            send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t) strlen(req)) {
                 r = errno == EINPROGRESS ? -ETIMEDOUT : -errno;
                 goto out;
         }
@@ -577,7 +620,7 @@ static int fetch(const char *address, uint16_t port, char **reply, const char **
         }
         buf[n] = '\0';
         char *sep = strstr(buf, "\r\n\r\n");
-        if (strncmp(buf, "HTTP/1.0 200 ", 13) != 0 || !sep || !strstr(sep, "mqtt_edge_bridge_build_info")) {
+        if (strncmp(buf, "HTTP/1.0 200 ", 13) != 0 || !sep || !strstr(sep, marker)) {
                 r = -EPROTO;
                 goto out;
         }
@@ -622,13 +665,20 @@ static void print_duration(FILE *f, unsigned long long s)
                 fprintf(f, "%llum %llus", s / 60, s % 60);
 }
 
-int metrics_print_status(FILE *f, const char *address, uint16_t port)
+int metrics_print_status(FILE *f, const char *address, uint16_t port, bool json)
 {
         char *reply = NULL, when[64] = "?";
         const char *t = NULL;
         int r;
 
-        r = fetch(address, port, &reply, &t);
+        if (json) {
+                r = fetch(address, port, "/status.json", "\"devices\":", &reply, &t);
+                if (r == 0)
+                        fputs(t, f);
+                free(reply);
+                return r;
+        }
+        r = fetch(address, port, "/metrics", "mqtt_edge_bridge_build_info", &reply, &t);
         if (r < 0)
                 return r;
 
@@ -692,6 +742,10 @@ int metrics_print_status(FILE *f, const char *address, uint16_t port)
                 sample(t, "mqtt_edge_bridge_config_last_reload_successful") < 0.5
                         ? " (the last one: the previous configuration is still in use, see the log)" : "");
 #undef M
+        free(reply);
+        /* The devices, their TLS and the recent failures. */
+        if (fetch(address, port, "/status", "devices", &reply, &t) == 0)
+                fputs(t, f);
         free(reply);
         return 0;
 }

@@ -24,6 +24,7 @@
 
 #include "bridge.h"
 #include "config.h"
+#include "inventory.h"
 #include "log.h"
 #include "metrics.h"
 #include "reload.h"
@@ -174,6 +175,7 @@ int reload_config(struct bridge *b)
                         log_notice("metrics: endpoint closed");
         }
         log_setup(b->cfg.log.level, b->cfg.log.target);
+        inventory_check(b->inventory); /* the new certificates' expiry */
 
         b->stats.reloads_ok++;
         b->stats.last_reload_failed = false;

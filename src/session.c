@@ -15,6 +15,7 @@
 
 #include "conn_limits.h"
 #include "outbox.h"
+#include "inventory.h"
 #include "session_internal.h"
 #include "tls_server.h"
 
@@ -427,6 +428,7 @@ static void session_handshake(struct session *s)
                         .reason = why[0] ? why : "handshake failed",
                 };
                 s->b->stats.handshakes_failed++;
+                inventory_handshake_failed(s->b->inventory, s->peer, s->tls.verify.subject, f.reason);
                 if (s->tls.verify.reason[0])
                         s->b->stats.handshakes_failed_certificate++;
                 log_msg(LOG_LEVEL_NOTICE, &f, "TLS handshake failed, device rejected%s",
@@ -442,6 +444,8 @@ static void session_handshake(struct session *s)
                 return;
         }
         bool resumed = SSL_session_reused(s->tls.ssl);
+        device_info_from_ssl(&s->info, s->tls.ssl);
+        inventory_device_seen(s->b->inventory, s->cn, s->info.cert_not_after);
         if (resumed)
                 s->b->stats.handshakes_resumed++;
         else
@@ -510,6 +514,7 @@ static int session_on_timer(sd_event_source *src, uint64_t usec, void *userdata)
         case S_HANDSHAKE:
                 s->b->stats.handshakes_failed++;
                 s->b->stats.handshakes_failed_timeout++;
+                inventory_handshake_failed(s->b->inventory, s->peer, s->tls.verify.subject, "TLS handshake timeout");
                 session_close(s, LOG_LEVEL_NOTICE, "TLS handshake timeout");
                 break;
         case S_WAIT_CONNECT:
@@ -698,4 +703,24 @@ int session_new(struct bridge *b, int fd, const struct sockaddr *peer, socklen_t
 fail:
         session_free(s);
         return r;
+}
+
+void session_foreach_device(struct bridge *b, void (*fn)(const struct device_view *v, void *u), void *u)
+{
+        for (struct session *s = b->sessions; s; s = s->sessions_next) {
+                if (s->state == S_HANDSHAKE || s->state == S_CLOSED)
+                        continue;
+                struct device_view v = {
+                        .cn = s->cn,
+                        .client_id = s->client_id,
+                        .peer = s->peer,
+                        .connected = s->counted_device,
+                        .since = (time_t) (s->since / 1000000),
+                        .last_activity = (time_t) (s->last_activity / 1000000),
+                        .msgs_from_device = s->msgs_in,
+                        .msgs_to_device = s->msgs_out,
+                        .info = &s->info,
+                };
+                fn(&v, u);
+        }
 }

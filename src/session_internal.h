@@ -28,6 +28,7 @@
 #include "log.h"
 #include "mqtt_codec.h"
 #include "session.h"
+#include "device_info.h"
 #include "sub_table.h"
 #include "tls_conn.h"
 #include "uplink.h"
@@ -68,6 +69,7 @@ struct session {
         sd_event_source *reconnect;
         uint32_t events;
         struct tls_conn tls;
+        struct device_info info;  /* TLS facts for --status (device_info.h), set at handshake end */
         uint64_t since;           /* CLOCK_REALTIME usec of the accept */
 
         char peer[INET6_ADDRSTRLEN + 8];
