@@ -25,6 +25,7 @@
 #include "br_creds.h"
 #include "br_errors.h"
 #include "br_names.h"
+#include "esp8266_profile.h"
 #include "mqtt_client.h"
 #include "tls_transport.h"
 
@@ -66,6 +67,8 @@ struct options {
         unsigned long retry_ms;
         unsigned long connect_timeout_ms;
         bool no_resume, quiet;
+        uint16_t suites[MAX_LIST];
+        size_t n_suites;
 };
 
 struct app {
@@ -508,7 +511,9 @@ static void usage(FILE *f)
               "  [--count N --topic T] [--qos Q] [--retain] [--interval-ms MS]\n"
               "  [--expect N] [--timeout S] [--linger-ms MS] [--end disconnect|abrupt|silent]\n"
               "  [--reconnects N] [--coalesce] [--mfl 0|512|1024|...] [--recv-buf N]\n"
-              "  [--protocol 3|4] [--retry-ms MS] [--connect-timeout-ms MS] [--no-resume] [--quiet]\n",
+              "  [--protocol 3|4] [--retry-ms MS] [--connect-timeout-ms MS] [--no-resume] [--quiet]\n"
+              "  [--suite ECDHE_RSA_WITH_AES_128_GCM_SHA256]... (offer only these; default the core's list)\n"
+              "  --cert/--key may be left out: no client certificate\n",
               f);
 }
 
@@ -531,7 +536,7 @@ enum {
         OPT_WILL_RETAIN, OPT_BIRTH_TOPIC, OPT_BIRTH_PAYLOAD, OPT_SUB, OPT_UNSUB, OPT_PUB, OPT_COUNT, OPT_TOPIC,
         OPT_QOS, OPT_RETAIN, OPT_INTERVAL, OPT_EXPECT, OPT_TIMEOUT, OPT_LINGER, OPT_END, OPT_RECONNECTS,
         OPT_COALESCE, OPT_MFL, OPT_RECV_BUF, OPT_PROTOCOL, OPT_RETRY_MS, OPT_CONNECT_TIMEOUT, OPT_NO_RESUME,
-        OPT_QUIET, OPT_HELP,
+        OPT_QUIET, OPT_HELP, OPT_SUITE,
 };
 
 static const struct option long_opts[] = {
@@ -574,6 +579,7 @@ static const struct option long_opts[] = {
         { "no-resume", no_argument, NULL, OPT_NO_RESUME },
         { "quiet", no_argument, NULL, OPT_QUIET },
         { "help", no_argument, NULL, OPT_HELP },
+        { "suite", required_argument, NULL, OPT_SUITE },
         { NULL, 0, NULL, 0 },
 };
 
@@ -686,6 +692,20 @@ static int parse_args(struct options *o, int argc, char **argv)
                 case OPT_CONNECT_TIMEOUT: NUM(86400000, o->connect_timeout_ms); break;
                 case OPT_NO_RESUME: o->no_resume = true; break;
                 case OPT_QUIET: o->quiet = true; break;
+                case OPT_SUITE: {
+                        size_t i;
+                        for (i = 0; i < esp8266_suites_count; i++)
+                                if (strcmp(esp8266_suite_name(esp8266_suites[i]), optarg) == 0)
+                                        break;
+                        if (i == esp8266_suites_count) {
+                                fprintf(stderr, "edge-device: --suite %s: not a suite the ESP8266 core offers\n", optarg);
+                                return -EINVAL;
+                        }
+                        if (o->n_suites == MAX_LIST)
+                                goto too_many;
+                        o->suites[o->n_suites++] = esp8266_suites[i];
+                        break;
+                }
                 case OPT_HELP:
                 case 'h':
                         usage(stdout);
@@ -754,6 +774,8 @@ int main(int argc, char **argv)
                 .xmit_size = o->mfl == 0 ? 16384 : o->mfl,
                 .connect_timeout_ms = (uint32_t)o->connect_timeout_ms,
                 .no_resume = o->no_resume,
+                .suites = o->suites,
+                .n_suites = o->n_suites,
         };
         r = tls_transport_init(&a->tls, &tc);
         if (r < 0) {

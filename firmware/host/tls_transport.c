@@ -207,6 +207,8 @@ static void tls_setup_engine(struct tls_transport *t)
         const struct br_creds *cr = t->cfg.creds;
 
         esp8266_client_base_init(cc);
+        if (t->cfg.n_suites)
+                br_ssl_engine_set_suites(eng, t->cfg.suites, t->cfg.n_suites);
 
         br_x509_minimal_init(&t->xc, &br_sha256_vtable, cr->anchors, cr->n_anchors);
         br_x509_minimal_set_rsa(&t->xc, br_ssl_engine_get_rsavrfy(eng));

@@ -41,6 +41,8 @@ struct tls_transport_config {
         size_t xmit_size;
         uint32_t connect_timeout_ms;   /* TCP + handshake; WiFiClientSecure: 15000 */
         bool no_resume;                /* never offer the saved session */
+        const uint16_t *suites;        /* NULL = the core's list; else only these (a Tasmota build's) */
+        size_t n_suites;
 };
 
 /* What the last connect() did. */
