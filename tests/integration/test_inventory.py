@@ -50,7 +50,7 @@ class TestInventory(BridgeTestCase):
         # once a day, not per connection
         before = self.bridge.log_size()
         self.assertEqual(self.device("sensor-exp", cert=(crt, key)).run(*self.creds("sensor-exp")).rc, 0)
-        self.bridge.wait_log(r'device connected.*sensor-exp|cn="sensor-exp".*disconnected', since=before)
+        self.bridge.wait_log(r'TLS established.*cn="sensor-exp"', since=before)
         self.assertNotIn("expires in", self.bridge.text()[before:])
 
         s = self.scrape()
