@@ -21,8 +21,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from harness import (BRIDGE_BIN, IS_ROOT, BRIDGE_WRAPPER, Device, free_port, wait_for,  # noqa: E402
-                     wait_port)
+from harness import (BRIDGE_BIN, IS_ROOT, BRIDGE_WRAPPER, VALGRIND_ERROR, Device, free_port,  # noqa: E402
+                     wait_for, wait_port)
 from pki import Pki  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -88,16 +88,19 @@ class TestSetupSeed(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        rc = None
         if cls.bridge and cls.bridge.poll() is None:
             cls.bridge.send_signal(signal.SIGTERM)
             try:
-                cls.bridge.wait(30)
+                rc = cls.bridge.wait(30)
             except subprocess.TimeoutExpired:
                 cls.bridge.kill()
         cls.mq.terminate()
         cls.mq.wait(10)
         if not os.environ.get("KEEP_TEST_DIR"):
             shutil.rmtree(cls.tmp, ignore_errors=True)
+        if rc not in (0, None):
+            raise AssertionError("bridge exited with status %s (valgrind errors: %s)" % (rc, rc == VALGRIND_ERROR))
 
     def setup(self, *extra):
         argv = [sys.executable, SETUP, "--yes", "--ca-key", self.ca.ca_key, "--root", self.root, "--no-start",
