@@ -205,5 +205,52 @@ class TestSetupSeed(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(d, "127.0.0.2.crt")))
 
 
+class TestSetupSocketNoCaKey(unittest.TestCase):
+    """A broker with a Unix-socket listener as well (no per-listener
+    settings, anonymous allowed there) and no CA key given: the socket is
+    the upstream, a new CA is made for the devices, and the next step is a
+    new edge_config.h."""
+
+    def test_socket_upstream_and_new_ca(self):
+        t = tempfile.mkdtemp(prefix="meb-setup2-")
+        try:
+            ca = Pki(os.path.join(t, "pki"), "ca")
+            broker = ca.issue("broker", "raspberry", san="IP:127.0.0.1,DNS:raspberry")
+            conf = os.path.join(t, "mosquitto.conf")
+            with open(conf, "w") as f:
+                f.write("allow_anonymous true\nlistener 8883\ncafile %s\ncertfile %s\nkeyfile %s\n"
+                        "require_certificate true\nlistener 0 /run/mosquitto/mqtt.sock\n"
+                        % (ca.ca_crt, broker[0], broker[1]))
+            root = os.path.join(t, "root")
+            os.makedirs(os.path.join(root, "etc"))
+            argv = [sys.executable, SETUP, "--yes", "--root", root, "--no-start", "--mosquitto-conf", conf,
+                    "--address", "192.0.2.10", "--hostname", "edge", "--set", "bridge.user=",
+                    "--set", "spool.directory=%s/spool" % root, "--certs-tool", CERTS, "--doctor-tool", DOCTOR,
+                    "--bridge-tool", BRIDGE_BIN]
+            r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("Unix socket /run/mosquitto/mqtt.sock", r.stdout)
+            self.assertIn("the local Unix socket /run/mosquitto/mqtt.sock", r.stdout)
+            self.assertIn("a new CA for the devices", r.stdout)
+            self.assertIn("mqtt-edge-bridge-certs firmware-config sensor-1 --address 192.0.2.10 --port 8884",
+                          r.stdout)
+            with open(os.path.join(root, "etc", "mqtt-edge-bridge.ini")) as f:
+                ini = f.read()
+            self.assertIn("host = /run/mosquitto/mqtt.sock\n", ini)
+            self.assertIn("cafile = %s/etc/mqtt-edge-bridge/ca.crt\n" % root, ini)
+            self.assertNotIn("\ncertfile =", ini)
+            for n in ("192.0.2.10", "edge", "edge.local"):
+                self.assertTrue(os.path.exists(os.path.join(root, "etc", "mqtt-edge-bridge", "listener.d",
+                                                            n + ".crt")))
+            # idempotent here too
+            before = tree_sums(root)
+            r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("Nothing to change", r.stdout)
+            self.assertEqual(tree_sums(root), before)
+        finally:
+            shutil.rmtree(t, ignore_errors=True)
+
+
 if __name__ == "__main__":
     unittest.main()
