@@ -800,11 +800,26 @@ class Setup:
             raise SetupError("the new configuration does not validate:\n" + msg)
         note("mqtt-edge-bridge --check-config: OK")
         if self.tools.doctor_has("upstream"):
-            r = self.tools.run([self.tools.doctor, "upstream", "--config", self.ini_path], check=False)
+            # The broker is checked as one device would reach it: its CN
+            # (and username/password when the broker has a password file).
+            argv = [self.tools.doctor, "upstream", "--config", self.ini_path]
+            if self.a.check_cn:
+                argv += ["--cn", self.a.check_cn]
+            if self.a.check_username:
+                argv += ["--username", self.a.check_username]
+            if self.a.check_password_file:
+                argv += ["--password-file", self.a.check_password_file]
+            r = self.tools.run(argv, check=False)
             out = (r.stdout + r.stderr).strip()
-            note("mqtt-edge-bridge-doctor upstream: %s" % ("OK" if r.returncode == 0 else "FAILED"))
-            for line in out.splitlines():
-                note("  " + line)
+            if r.returncode == 2 and not self.a.check_cn and "--cn" in out:
+                note("mqtt-edge-bridge-doctor upstream: skipped, it needs a device to check as: run again with "
+                     "--check-cn CN [--check-username U --check-password-file F], or run "
+                     "mqtt-edge-bridge-doctor upstream --cn CN yourself")
+            else:
+                note("mqtt-edge-bridge-doctor upstream: %s" % ("OK" if r.returncode == 0 else
+                                                                "FAILED (exit %d)" % r.returncode))
+                for line in out.splitlines():
+                    note("  " + line)
         else:
             note("mqtt-edge-bridge-doctor upstream: not in this version, skipped")
 
@@ -945,6 +960,10 @@ def main(argv=None):
                     "listener if one allows it, else the TLS one)")
     ap.add_argument("--upstream-cert", metavar="FILE", help="the bridge's client certificate for the broker")
     ap.add_argument("--upstream-key", metavar="FILE")
+    ap.add_argument("--check-cn", metavar="CN",
+                    help="check the upstream as this device (mqtt-edge-bridge-doctor upstream --cn)")
+    ap.add_argument("--check-username", metavar="U", help="its MQTT username, for that check")
+    ap.add_argument("--check-password-file", metavar="F", help="its password (first line of F), for that check")
     ap.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                     help="set any other key of the ini (repeatable)")
     ap.add_argument("--config", default="/etc/mqtt-edge-bridge.ini", help=argparse.SUPPRESS)

@@ -12,6 +12,7 @@ message reaches a subscriber on the main broker and a command comes back.
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -84,6 +85,8 @@ class TestSetupSeed(unittest.TestCase):
         cls.ini = os.path.join(cls.root, "etc", "mqtt-edge-bridge.ini")
         cls.port = free_port()
         cls.metrics_port = free_port()
+        while cls.metrics_port in (cls.port, cls.mq_port):
+            cls.metrics_port = free_port()
         cls.bridge = None
 
     @classmethod
@@ -105,7 +108,7 @@ class TestSetupSeed(unittest.TestCase):
     def setup(self, *extra):
         argv = [sys.executable, SETUP, "--yes", "--ca-key", self.ca.ca_key, "--root", self.root, "--no-start",
                 "--mosquitto-conf", self.mq_conf, "--address", "127.0.0.1", "--hostname", "raspberry",
-                "--port", str(self.port), "--set", "bridge.user=", "--set",
+                "--port", str(self.port), "--set", "bridge.user=", "--set", "listener.bind_address=127.0.0.1", "--set",
                 "spool.directory=%s/spool" % self.root, "--set", "log.target=stderr", "--set", "log.level=debug",
                 "--set", "metrics.port=%d" % self.metrics_port, "--certs-tool", CERTS, "--doctor-tool", DOCTOR,
                 "--bridge-tool", BRIDGE_BIN] + list(extra)
@@ -121,7 +124,11 @@ class TestSetupSeed(unittest.TestCase):
         self.assertEqual(tree_sums(self.root, os.path.join(self.tmp, "mosquitto")), before)
 
     def test_2_setup_end_to_end(self):
-        r = self.setup()
+        pwfile = os.path.join(self.tmp, "sensor-1.pw")
+        with open(pwfile, "w") as f:
+            f.write("pw-1\n")
+        os.chmod(pwfile, 0o600)
+        r = self.setup("--check-cn", "sensor-1", "--check-username", "sensor-1", "--check-password-file", pwfile)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         out = r.stdout
         # 1. what it found
@@ -141,6 +148,8 @@ class TestSetupSeed(unittest.TestCase):
             self.assertTrue(os.path.exists(crt), out)
             self.assertEqual(os.stat(crt[:-4] + ".key").st_mode & 0o077 & ~0o040, 0)
         self.assertIn("--check-config: OK", out)
+        # the broker as the device will reach it through the bridge
+        self.assertIn("mqtt-edge-bridge-doctor upstream: OK", out)
         self.assertTrue(any(f.startswith("mqtt-edge-bridge.ini.setup-")
                             for f in os.listdir(os.path.join(self.root, "etc"))), "no backup")
         # 6. the exact next step: the port, the name, nothing else
@@ -155,7 +164,9 @@ class TestSetupSeed(unittest.TestCase):
         log = open(os.path.join(self.tmp, "bridge.log"), "w")
         type(self).bridge = subprocess.Popen(BRIDGE_WRAPPER + [BRIDGE_BIN, "--config", self.ini],
                                              stdout=log, stderr=log)
-        wait_for(lambda: "ready" in open(log.name).read(), 60 if BRIDGE_WRAPPER else 10, "bridge ready")
+        wait_for(lambda: re.search(r"mqtt-edge-bridge \S+ ready|error", open(log.name).read()),
+                 60 if BRIDGE_WRAPPER else 10, "bridge ready")
+        self.assertRegex(open(log.name).read(), r"mqtt-edge-bridge \S+ ready", "the bridge did not start")
         obs = ["-h", "127.0.0.1", "-p", str(self.mq_port), "--cafile", self.ca.ca_crt, "--cert",
                self.observer[0], "--key", self.observer[1], "-u", "observer", "-P", "observer-pw"]
         sub = subprocess.Popen(["mosquitto_sub"] + obs + ["-t", "seed/#", "-v", "-C", "1", "-W", "15"],
@@ -224,7 +235,7 @@ class TestSetupSocketNoCaKey(unittest.TestCase):
             root = os.path.join(t, "root")
             os.makedirs(os.path.join(root, "etc"))
             argv = [sys.executable, SETUP, "--yes", "--root", root, "--no-start", "--mosquitto-conf", conf,
-                    "--address", "192.0.2.10", "--hostname", "edge", "--set", "bridge.user=",
+                    "--address", "192.0.2.10", "--hostname", "edge", "--set", "bridge.user=", "--set", "listener.bind_address=127.0.0.1",
                     "--set", "spool.directory=%s/spool" % root, "--certs-tool", CERTS, "--doctor-tool", DOCTOR,
                     "--bridge-tool", BRIDGE_BIN]
             r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
