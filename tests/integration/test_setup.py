@@ -164,7 +164,7 @@ class TestSetupSeed(unittest.TestCase):
         log = open(os.path.join(self.tmp, "bridge.log"), "w")
         type(self).bridge = subprocess.Popen(BRIDGE_WRAPPER + [BRIDGE_BIN, "--config", self.ini],
                                              stdout=log, stderr=log)
-        wait_for(lambda: re.search(r"mqtt-edge-bridge \S+ ready|error", open(log.name).read()),
+        wait_for(lambda: re.search(r"mqtt-edge-bridge \S+ ready|\[error\]", open(log.name).read()),
                  60 if BRIDGE_WRAPPER else 10, "bridge ready")
         self.assertRegex(open(log.name).read(), r"mqtt-edge-bridge \S+ ready", "the bridge did not start")
         obs = ["-h", "127.0.0.1", "-p", str(self.mq_port), "--cafile", self.ca.ca_crt, "--cert",
