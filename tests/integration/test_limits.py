@@ -106,13 +106,16 @@ class TestListenerLimits(BridgeTestCase):
 
     def test_address_over_its_cap_refused_other_address_not(self):
         m0 = self.scrape()
-        held = [idle_from("127.0.0.3", self.bridge.port) for _ in range(PER_ADDRESS - 1)]
-        # One real device connection from 127.0.0.3 too: past the
-        # handshake it still counts for its address.
+        held = []
+        # One real device connection from 127.0.0.3: past the handshake it
+        # still counts for its address.
         dev = RawClient(self.bridge.port, self.pki.ca.ca_crt, self.pki.device("sensor-2"), source="127.0.0.3")
         try:
             sp, rc = dev.connect("lim-a", "sensor-2", self.users["sensor-2"])
             self.assertEqual(rc, 0)
+            # Then idle ones up to the cap (opened now, so that none has
+            # reached first_byte_timeout yet), and one more.
+            held = [idle_from("127.0.0.3", self.bridge.port) for _ in range(PER_ADDRESS - 1)]
             over = idle_from("127.0.0.3", self.bridge.port)
             peer = "127.0.0.3:%d" % over.getsockname()[1]
             try:
