@@ -11,15 +11,16 @@ lock out a device with a valid certificate.
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from harness import BridgeTestCase, free_port, wait_for  # noqa: E402
+from harness import BRIDGE_WRAPPER, BridgeTestCase, free_port, wait_for  # noqa: E402
 import rawmqtt as m  # noqa: E402
-from rawmqtt import RawClient  # noqa: E402
+from rawmqtt import RawClient, daemon_rss_kb  # noqa: E402
 
 MAX_HANDSHAKES = 3
 PER_ADDRESS = 3
@@ -106,13 +107,16 @@ class TestListenerLimits(BridgeTestCase):
 
     def test_address_over_its_cap_refused_other_address_not(self):
         m0 = self.scrape()
-        held = [idle_from("127.0.0.3", self.bridge.port) for _ in range(PER_ADDRESS - 1)]
-        # One real device connection from 127.0.0.3 too: past the
-        # handshake it still counts for its address.
+        held = []
+        # One real device connection from 127.0.0.3: past the handshake it
+        # still counts for its address.
         dev = RawClient(self.bridge.port, self.pki.ca.ca_crt, self.pki.device("sensor-2"), source="127.0.0.3")
         try:
             sp, rc = dev.connect("lim-a", "sensor-2", self.users["sensor-2"])
             self.assertEqual(rc, 0)
+            # Then idle ones up to the cap (opened now, so that none has
+            # reached first_byte_timeout yet), and one more.
+            held = [idle_from("127.0.0.3", self.bridge.port) for _ in range(PER_ADDRESS - 1)]
             over = idle_from("127.0.0.3", self.bridge.port)
             peer = "127.0.0.3:%d" % over.getsockname()[1]
             try:
@@ -144,6 +148,65 @@ class TestListenerLimits(BridgeTestCase):
         self.assertEqual(m1['mqtt_edge_bridge_connections_refused_total{reason="max_connections_per_address"}'] -
                          m0['mqtt_edge_bridge_connections_refused_total{reason="max_connections_per_address"}'], 1)
         self.assertBridgeAlive()
+
+
+# The ESP8266 profile of mqtt-edge-bridge.ini(5), MEMORY, and its figure
+# there for one device driven to every limit at once.
+PROFILE = {"max_packet_size": "16384", "max_queued_bytes": "65536", "max_inflight_messages": "10",
+           "max_subscriptions": "32"}
+PROFILE_WORST_KB = 1266  # ~1.2 MiB: the table's "per connected device"
+
+
+class TestMemoryBound(BridgeTestCase):
+    """Issue 12: the configuration bounds add up. One device drives the
+    buffers it can reach to their limits at once (its subscriptions at the
+    longest filters that fit, its output while it does not read, a packet
+    of maximum size half sent); the bridge's RSS must grow by less than
+    the man page's worst case for that configuration."""
+
+    bridge_sections = {"limits": dict(PROFILE)}
+
+    def setUp(self):
+        if BRIDGE_WRAPPER or os.environ.get("MEB_SANITIZED"):
+            self.skipTest("RSS is the wrapper's, or kept in ASan's quarantine")
+
+    def test_one_device_at_every_limit_stays_under_the_table(self):
+        P = int(PROFILE["max_packet_size"])
+        c = RawClient(self.bridge.port, self.pki.ca.ca_crt, self.pki.device("sensor-1"), rcvbuf=4096)
+        try:
+            sp, rc = c.connect("mem-1", "sensor-1", self.users["sensor-1"], keepalive=0)
+            self.assertEqual(rc, 0)
+            # One short subscription for the flood, the rest as long as a
+            # packet of max_packet_size allows.
+            c.send(m.subscribe(1, [("mem/out", 1)]))
+            c.expect(m.SUBACK)
+            time.sleep(0.3)
+            rss0 = daemon_rss_kb(self.bridge.proc.pid)
+            flen = P - 64
+            for i in range(int(PROFILE["max_subscriptions"]) - 1):
+                f = ("mem/%02d/" % i) + "f" * (flen - 7)
+                c.send(m.subscribe(2 + i, [(f, 0)]))
+                p = c.expect(m.SUBACK, 10)
+                self.assertEqual(p.body[2], 0, "SUBACK %r" % p)
+            # The broker sends it more than it reads: 200 messages of
+            # nearly P bytes (3 MB); the socket buffer is 4 kB.
+            line = "z" * (P - 200)
+            subprocess.run(["mosquitto_pub"] + self.mosquitto.client_args() +
+                           ["-t", "mem/out", "-q", "1", "-l"], input="".join(line + "\n" for _ in range(200)),
+                           text=True, check=True, timeout=60)
+            # And a PUBLISH of nearly P bytes, half sent.
+            body = m.s16("mem/in") + b"\x00\x01" + b"p" * (P - 200)
+            half = m.packet(0x32, body)[: P // 2]
+            c.send(half)
+            time.sleep(1.0)
+            rss1 = daemon_rss_kb(self.bridge.proc.pid)
+            print("# RSS %d kB -> %d kB: %+d kB for one device at its limits (table: %d kB)"
+                  % (rss0, rss1, rss1 - rss0, PROFILE_WORST_KB))
+            self.assertLess(rss1 - rss0, PROFILE_WORST_KB,
+                            "one device cost more than mqtt-edge-bridge.ini(5) says it can")
+            self.assertBridgeAlive()
+        finally:
+            c.close()
 
 
 if __name__ == "__main__":
