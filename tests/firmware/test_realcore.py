@@ -268,6 +268,15 @@ def heap_budget(fig, consts, sizes, der):
     return b
 
 
+def build_tree(project, board, key, tmp, config=None):
+    """Build project (a firmware folder) for board with a key-type device
+    configuration; returns the figures with the heap budget in "budget"."""
+    cfg_dir, cfg_text = config or make_config(tmp, key)
+    fig = build(project, board, cfg_dir, os.path.join(tmp, "fw-%s-%s" % (board, key)))
+    fig["budget"] = heap_budget(fig, core_constants(), probe_sizes(tmp, board), pem_der_sizes(cfg_text))
+    return fig
+
+
 def have_kit():
     if not os.path.isfile(DRIVER):
         return "ESP8266 build kit not found at %s (set ESP8266_SDK)" % os.path.abspath(SDK)
@@ -304,11 +313,10 @@ class RealCore(unittest.TestCase):
             self.skipTest(self.skip)
 
     def check_build(self, project, board, key, label):
-        cfg_dir, cfg_text = self.configs[key]
-        fig = build(project, board, cfg_dir, os.path.join(self.tmp, "%s-%s-%s" % (label, board, key)))
-        sizes = probe_sizes(self.tmp, board)
-        b = heap_budget(fig, self.consts, sizes, pem_der_sizes(cfg_text))
-        fig["budget"] = b
+        out = os.path.join(self.tmp, label)
+        os.makedirs(out, exist_ok=True)
+        fig = build_tree(project, board, key, out, self.configs[key])
+        b = fig["budget"]
         RESULTS["%s/%s/%s" % (label, board, key)] = fig
         note("%s %s %s-key: flash %d B (image %d B), IRAM %d of %d B, static RAM %d B "
              "(data %d + rodata %d + bss %d)" % (label, board, key, fig["pio_flash"], fig["bin"], fig["iram"],
