@@ -172,8 +172,9 @@ def core_constants():
     c = {}
     c["heap_end"] = int(grab(os.path.join(core, "cores", "esp8266", "umm_malloc", "umm_malloc_cfgport.h"),
                              r"#define UMM_HEAP_END_ADDR\s+(0x[0-9A-Fa-f]+)"), 16)
-    c["bearssl_stack"] = eval(grab(os.path.join(core, "cores", "esp8266", "StackThunk.cpp"),  # "(6200/4)"
-                                   r"#define _stackSize \((\d+/4)\)")) * 4
+    # "#define _stackSize (6200/4)": words of 4 bytes
+    c["bearssl_stack"] = int(grab(os.path.join(core, "cores", "esp8266", "StackThunk.cpp"),
+                                  r"#define _stackSize \((\d+)/4\)")) // 4 * 4
     src = os.path.join(wifi, "WiFiClientSecureBearSSL.cpp")
     c["in_overhead"] = int(grab(src, r"MAX_IN_OVERHEAD = (\d+)"))
     c["out_overhead"] = int(grab(src, r"MAX_OUT_OVERHEAD = (\d+)"))
