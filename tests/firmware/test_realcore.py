@@ -172,8 +172,9 @@ def core_constants():
     c = {}
     c["heap_end"] = int(grab(os.path.join(core, "cores", "esp8266", "umm_malloc", "umm_malloc_cfgport.h"),
                              r"#define UMM_HEAP_END_ADDR\s+(0x[0-9A-Fa-f]+)"), 16)
-    c["bearssl_stack"] = eval(grab(os.path.join(core, "cores", "esp8266", "StackThunk.cpp"),  # "(6200/4)"
-                                   r"#define _stackSize \((\d+/4)\)")) * 4
+    # "#define _stackSize (6200/4)": words of 4 bytes
+    c["bearssl_stack"] = int(grab(os.path.join(core, "cores", "esp8266", "StackThunk.cpp"),
+                                  r"#define _stackSize \((\d+)/4\)")) // 4 * 4
     src = os.path.join(wifi, "WiFiClientSecureBearSSL.cpp")
     c["in_overhead"] = int(grab(src, r"MAX_IN_OVERHEAD = (\d+)"))
     c["out_overhead"] = int(grab(src, r"MAX_OUT_OVERHEAD = (\d+)"))
@@ -268,6 +269,15 @@ def heap_budget(fig, consts, sizes, der):
     return b
 
 
+def build_tree(project, board, key, tmp, config=None):
+    """Build project (a firmware folder) for board with a key-type device
+    configuration; returns the figures with the heap budget in "budget"."""
+    cfg_dir, cfg_text = config or make_config(tmp, key)
+    fig = build(project, board, cfg_dir, os.path.join(tmp, "fw-%s-%s" % (board, key)))
+    fig["budget"] = heap_budget(fig, core_constants(), probe_sizes(tmp, board), pem_der_sizes(cfg_text))
+    return fig
+
+
 def have_kit():
     if not os.path.isfile(DRIVER):
         return "ESP8266 build kit not found at %s (set ESP8266_SDK)" % os.path.abspath(SDK)
@@ -304,11 +314,10 @@ class RealCore(unittest.TestCase):
             self.skipTest(self.skip)
 
     def check_build(self, project, board, key, label):
-        cfg_dir, cfg_text = self.configs[key]
-        fig = build(project, board, cfg_dir, os.path.join(self.tmp, "%s-%s-%s" % (label, board, key)))
-        sizes = probe_sizes(self.tmp, board)
-        b = heap_budget(fig, self.consts, sizes, pem_der_sizes(cfg_text))
-        fig["budget"] = b
+        out = os.path.join(self.tmp, label)
+        os.makedirs(out, exist_ok=True)
+        fig = build_tree(project, board, key, out, self.configs[key])
+        b = fig["budget"]
         RESULTS["%s/%s/%s" % (label, board, key)] = fig
         note("%s %s %s-key: flash %d B (image %d B), IRAM %d of %d B, static RAM %d B "
              "(data %d + rodata %d + bss %d)" % (label, board, key, fig["pio_flash"], fig["bin"], fig["iram"],

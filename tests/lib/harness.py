@@ -326,6 +326,28 @@ class Device:
                                 text=True)
 
 
+def read_until(proc, pattern, timeout=10.0):
+    """Read a started device's stdout until a line matches pattern (or it
+    ends); returns what was read, to be put before what communicate()
+    returns later. Bounded by timeout (scaled under an emulator)."""
+    import select
+    rx = re.compile(pattern, re.M)
+    fd = proc.stdout.fileno()
+    got = b""
+    deadline = time.monotonic() + timeout * exec_wrapper.TIMEOUT_SCALE
+    while not rx.search(got.decode(errors="replace")):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out after %.0fs waiting for /%s/ from the device; got:\n%s"
+                               % (timeout, pattern, got.decode(errors="replace")))
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            got += chunk
+    return got.decode(errors="replace")
+
+
 class DeviceResult:
     def __init__(self, rc, out, err):
         self.rc = rc

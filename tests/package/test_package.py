@@ -165,6 +165,26 @@ class TestPackage(unittest.TestCase):
             r = run(["systemd-analyze", "verify", UNIT], check=False)
             self.assertEqual(r.returncode, 0, r.stdout)
 
+    def test_3a_firmware_builds_from_the_package(self):
+        """/usr/share/mqtt-edge-bridge/firmware, as installed, builds on the
+        real ESP8266 core with a configuration from the installed
+        mqtt-edge-bridge-certs (tests/firmware/test_realcore.py)."""
+        self.need("installed_files")
+        sys.path.insert(0, os.path.join(SRCDIR, "tests", "firmware"))
+        os.environ["CERTS"] = "/usr/bin/mqtt-edge-bridge-certs"
+        import test_realcore as F
+        why = F.have_kit()
+        if why:
+            self.skipTest(why)
+        project = "/usr/share/mqtt-edge-bridge/firmware"
+        with tempfile.TemporaryDirectory(prefix="meb-pkg-fw-") as tmp:
+            fig = F.build_tree(project, "nodemcuv2", "ec", tmp)
+        for s in fig["sources"]:
+            self.assertTrue(os.path.isfile(os.path.join(project, s)), s)
+        print("# installed firmware: flash %d B, static RAM %d B, heap after handshake %d B"
+              % (fig["pio_flash"], fig["ram"], fig["budget"]["after_handshake"]), flush=True)
+        self.assertGreaterEqual(fig["budget"]["after_handshake"], F.HEAP_MIN_AFTER_HANDSHAKE)
+
     def test_4_fresh_install_is_skipped_not_failed(self):
         self.need("installed_files")
         cond = shlex.split(unit_directives()["ExecCondition"][0])
