@@ -58,6 +58,7 @@ struct msg {
         uint8_t dstate;
         bool promised;          /* the bridge acknowledged it (PUBACK / PUBREC) */
         bool excused;           /* may be lost as with a direct connection (relay_model.h, 3.) */
+        bool copy_only;         /* the broker lost it; only the outbox's copy is left */
         unsigned delivered;
         unsigned delivery_rank; /* QoS 1: order of first delivery, from 1 */
 };
@@ -77,6 +78,9 @@ struct fifo {
 struct stored {
         uint16_t pid;
         uint32_t msg;
+        bool recd;              /* its PUBREC reached an outbox */
+        bool rel_lost;          /* a PUBREL for it died with a link */
+        unsigned gen;           /* the device connection whose link stored it (0: a replayer's) */
 };
 
 struct rm {
@@ -110,6 +114,7 @@ struct rm {
         /* the uplink and the broker */
         struct uplink link;
         bool has_session;               /* persistent: the broker has the session */
+        unsigned link_gen;              /* the device connection on the link (0: a replayer's) */
         struct stored store[MAX_PKTS];
         unsigned n_store;
         struct fifo owed;               /* acks the broker owes the bridge */
@@ -322,7 +327,7 @@ static void broker_publish(struct rm *rm, const struct mqtt_publish *p)
                         fail(rm, "model store full");
                         return;
                 }
-                rm->store[rm->n_store++] = (struct stored){ .pid = p->packet_id, .msg = id };
+                rm->store[rm->n_store++] = (struct stored){ .pid = p->packet_id, .msg = id, .gen = rm->link_gen };
         }
         fifo_push(rm, &rm->owed, (struct pkt){ .type = MQTT_PUBREC, .pid = p->packet_id });
 }
@@ -378,6 +383,9 @@ static void broker_ack_to(struct rm *rm, struct outbox *ob, unsigned i)
                 return;
         struct pkt a = fifo_take(&rm->owed, i % rm->owed.n);
         trace(rm, "broker sends %s %u", mqtt_type_name(a.type), a.pid);
+        struct stored *st = a.type == MQTT_PUBREC ? store_find(rm, a.pid) : NULL;
+        if (st)
+                st->recd = true;
         (void) outbox_on_broker_ack(ob, (enum mqtt_type) a.type, a.pid);
 }
 
@@ -393,21 +401,25 @@ static void broker_link_lost(struct rm *rm)
         if (!rm->link.connected)
                 return;
         trace(rm, "  link lost with %zu bytes unread, %u acks owed", rm->link.len, rm->owed.n);
-        if (rm->clean) {
-                /* A PUBREL that dies with a clean-session link: the message
-                 * is lost, as for a device connected directly. */
-                size_t off = 0, plen;
-                while (off < rm->link.len && mqtt_frame(rm->link.out + off, rm->link.len - off, 0, &plen) == 1) {
-                        struct mqtt_packet pkt;
-                        if (mqtt_parse(rm->link.out + off, plen, &pkt, NULL) == 0 && pkt.type == MQTT_PUBREL) {
-                                struct stored *st = store_find(rm, pkt.u.packet_id);
-                                if (st)
+        /* A PUBREL that dies with the link: with a clean session the
+         * message is lost, as for a device connected directly; with a
+         * persistent one it is sent again, unless the session goes too
+         * (broker_restart). */
+        size_t off = 0, plen;
+        while (off < rm->link.len && mqtt_frame(rm->link.out + off, rm->link.len - off, 0, &plen) == 1) {
+                struct mqtt_packet pkt;
+                if (mqtt_parse(rm->link.out + off, plen, &pkt, NULL) == 0 && pkt.type == MQTT_PUBREL) {
+                        struct stored *st = store_find(rm, pkt.u.packet_id);
+                        if (st) {
+                                st->rel_lost = true;
+                                if (rm->clean)
                                         rm->msgs[st->msg].excused = true;
                         }
-                        off += plen;
                 }
-                rm->n_store = 0;
+                off += plen;
         }
+        if (rm->clean)
+                rm->n_store = 0;
         fake_uplink_disconnect(&rm->link);
         rm->owed.n = 0;
 }
@@ -416,7 +428,13 @@ static bool broker_connect(struct rm *rm)
 {
         bool sp = !rm->clean && rm->has_session;
 
+        /* Told now: the outbox spools its copies (the device's connection
+         * is the one of the link; a replayer's holds no copies). */
+        for (unsigned i = 0; !sp && i < rm->n_msgs; i++)
+                rm->msgs[i].copy_only = false;
+
         fake_uplink_connect(&rm->link, rm->high_water);
+        rm->link_gen = rm->gen;
         rm->has_session = !rm->clean;
         trace(rm, "  link up, session_present=%d", sp);
         return sp;
@@ -437,6 +455,13 @@ static void conn_close(struct rm *rm, const char *why)
         trace(rm, "  device connection closed: %s", why);
         broker_link_lost(rm);
         rm->spooled = outbox_detach(rm->ob);
+        /* Copies of what the broker lost, gone with the outbox before it
+         * heard so: lost, as they are for a device connected directly. */
+        for (unsigned i = 0; i < rm->n_msgs; i++)
+                if (rm->msgs[i].copy_only) {
+                        rm->msgs[i].excused = true;
+                        rm->msgs[i].copy_only = false;
+                }
         outbox_free(rm->ob);
         rm->ob = NULL;
         rm->connected = false;
@@ -491,6 +516,7 @@ static void replay_while_away(struct rm *rm, unsigned rounds)
         trace(rm, "  replayer for %llu spooled messages", (unsigned long long) outbox_spooled(ob));
         if (outbox_spooled(ob) > 0) {
                 outbox_uplink_up(ob, &rm->link, broker_connect(rm));
+                rm->link_gen = 0;
                 for (unsigned i = 0; i < rounds && !rm->failed && !outbox_idle(ob); i++) {
                         outbox_pump(ob);
                         (void) broker_read(rm, 0);
@@ -752,6 +778,7 @@ enum op {
         OP_PUMP,
         OP_RECONNECT,
         OP_BROKER_ACK2,
+        OP_BROKER_RESTART,
         OP_COUNT
 };
 
@@ -775,6 +802,27 @@ static void link_up(struct rm *rm)
                 return;
         trace(rm, "uplink connects");
         outbox_uplink_up(rm->ob, &rm->link, broker_connect(rm));
+}
+
+/* The broker restarts without its persistent sessions: the next CONNACK
+ * says session_present = 0. What it stored is gone. Lost with it, as for
+ * a device connected directly: a QoS 2 message whose PUBREL died with a
+ * link (it would have been sent again, for nothing now), and one an
+ * earlier connection of the device had the PUBREC for (its PUBREL comes
+ * from the device). The others the bridge or the device sends again. */
+static void broker_restart(struct rm *rm)
+{
+        trace(rm, "broker restarts, sessions lost");
+        link_down(rm);
+        for (unsigned i = 0; i < rm->n_store; i++) {
+                const struct stored *st = &rm->store[i];
+                if (st->rel_lost || (st->recd && st->gen != 0 && st->gen != rm->gen))
+                        rm->msgs[st->msg].excused = true;
+                else if (st->recd && st->gen == rm->gen)
+                        rm->msgs[st->msg].copy_only = true; /* until that outbox hears session_present = 0 */
+        }
+        rm->n_store = 0;
+        rm->has_session = false;
 }
 
 static void step(struct rm *rm, uint8_t op, uint8_t arg)
@@ -805,6 +853,9 @@ static void step(struct rm *rm, uint8_t op, uint8_t arg)
                 break;
         case OP_LINK_UP:
                 link_up(rm);
+                break;
+        case OP_BROKER_RESTART:
+                broker_restart(rm);
                 break;
         case OP_PUMP:
                 if (rm->ob) {

@@ -17,10 +17,12 @@
  * outbox wrote, the broker sends one of its pending acknowledgements
  * (chosen by the script, in any order, or never), the uplink is lost
  * (outbox_uplink_down) or comes back (outbox_uplink_up with the broker's
- * session_present), outbox_pump, and the device reconnects (a new outbox
+ * session_present), the broker restarts and forgets its persistent
+ * sessions, outbox_pump, and the device reconnects (a new outbox
  * on the same spool, as a session makes one per device connection; the
  * device then resends its unacknowledged PUBLISHes with DUP and its
- * PUBRELs, §4.4, or with a clean session forgets them).
+ * PUBRELs, §4.4, or with a clean session forgets them; meanwhile a
+ * replayer, an outbox on the spool file alone, may send some of it).
  *
  * The broker: QoS 0/1 delivered on receipt, QoS 1 PUBACK queued; QoS 2
  * stored per packet identifier (a PUBLISH with a stored identifier is a
@@ -36,9 +38,10 @@
  *     ([MQTT-4.6.0-2]), checked as each is made;
  *  2. a QoS 1 message the bridge acknowledged is delivered at least once;
  *  3. a QoS 2 message is never delivered twice, and one the bridge
- *     PUBREC'd is delivered exactly once (with a clean session, §3.1.2.4,
- *     it may be lost where a device connected directly would lose it too:
- *     its session ended before its PUBREL, or the PUBREL died with the link);
+ *     PUBREC'd is delivered exactly once (it may be lost where a device
+ *     connected directly would lose it too: with a clean session, §3.1.2.4,
+ *     its session ended before its PUBREL, or the PUBREL died with the
+ *     link; the broker lost the session after its PUBREC);
  *  4. nothing is delivered that the device did not send, byte for byte,
  *     with its QoS; nothing refused is delivered; QoS 0 at most once;
  *  5. the broker never sees a packet identifier reused while it is still

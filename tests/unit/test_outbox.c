@@ -33,7 +33,9 @@ enum {
         DOWN = 7,       /* the uplink is lost */
         UP = 8,         /* the uplink is back */
         PUMP = 9,
-        RECONNECT = 10, /* the device reconnects; arg & 1: the uplink connects first */
+        RECONNECT = 10, /* the device reconnects; arg & 1: the uplink connects first,
+                         * arg >> 1 & 7: rounds of a replayer while it is away */
+        RESTART = 12,   /* the broker restarts without its sessions */
 };
 
 /* Configuration byte 0: bit 0 clean session, bits 1-3 max_inflight - 1,
@@ -167,6 +169,18 @@ static void test_repeated_pubrel_of_held_id(void **state)
             RECONNECT, 1, BREAD, 0, KREAD, 0);
 }
 
+/* The broker lost the persistent session (session_present = 0): a QoS 2
+ * message it had PUBREC'd, not yet released by the device, is spooled from
+ * the outbox's copy and delivered once; one the device released while the
+ * uplink was away too. */
+static void test_broker_lost_session(void **state)
+{
+        (void) state;
+        RUN(PERSISTENT(4), 8, 50, 1, PUB, 2, BREAD, 0, KREAD, 0, KACK, 0, DREAD, 0, RESTART, 0, UP, 0, KREAD, 0);
+        RUN(PERSISTENT(4), 8, 50, 1, PUB, 2, BREAD, 0, KREAD, 0, KACK, 0, DREAD, 0, DOWN, 0, REL, 0, BREAD, 0,
+            RESTART, 0, UP, 0, KREAD, 0);
+}
+
 static uint64_t xorshift(uint64_t *s)
 {
         *s ^= *s << 13;
@@ -213,6 +227,7 @@ int main(void)
                 cmocka_unit_test(test_spooled_qos2_keeps_device_id),
                 cmocka_unit_test(test_released_replay_not_resent),
                 cmocka_unit_test(test_repeated_pubrel_of_held_id),
+                cmocka_unit_test(test_broker_lost_session),
                 cmocka_unit_test(test_random_scripts),
         };
         log_setup(LOG_LEVEL_ERR, LOG_TARGET_STDERR);
