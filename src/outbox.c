@@ -185,12 +185,13 @@ static int ob_spool_open(struct outbox *o)
         free(path);
         if (r < 0)
                 return r;
-        ob_account(o, on_disk);
         if (o->has_meta) {
                 r = spool_set_meta(o->spool, &o->meta);
                 if (r < 0)
                         log_warning("spool of \"%s\": cannot record the sender: %s", o->name, strerror(-r));
         }
+        /* After the META record, which a file holding messages gets at once. */
+        ob_account(o, on_disk);
         return 0;
 }
 
