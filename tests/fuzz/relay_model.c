@@ -900,7 +900,10 @@ static void drain(struct rm *rm)
                         moved++;
                 }
                 moved += dev_read(rm, 0);
-                if (moved == 0)
+                /* Quiet, unless the bridge may read the device again now
+                 * (a pump above ended the replay: the session resumes it). */
+                if (moved == 0 && !(rm->ob && rm->pipe.n > 0 && !outbox_full(rm->ob) &&
+                                    (!rm->link.connected || uplink_writable(&rm->link))))
                         break;
         }
         if (rm->failed)
@@ -909,7 +912,10 @@ static void drain(struct rm *rm)
                 fail(rm, "drain: still moving after %u rounds", round);
                 return;
         }
-        if (!outbox_idle(rm->ob))
+        if (rm->pipe.n > 0)
+                fail(rm, "drain: the bridge stopped reading the device with %u packets waiting (outbox_full %d, "
+                     "uplink writable %d)", rm->pipe.n, outbox_full(rm->ob), uplink_writable(&rm->link));
+        else if (!outbox_idle(rm->ob))
                 fail(rm, "drain: the outbox is not idle (%llu spooled)", (unsigned long long) outbox_spooled(rm->ob));
 }
 
