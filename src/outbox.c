@@ -890,7 +890,9 @@ int outbox_commit(struct outbox *o)
                 any |= o->fifo[i].state == OB_WAIT_SYNC;
         if (!any && o->n_comp == 0)
                 return 0;
-        r = ob_sync(o);
+        /* Releases only, and the file closed since (the backlog done):
+         * closing synced them. */
+        r = !any && !o->spool ? 0 : ob_sync(o);
         if (r < 0)
                 return r;
         /* Durable: now, and only now, the device may forget them. */
