@@ -180,6 +180,8 @@ static struct pkt fifo_take(struct fifo *f, unsigned i)
         return p;
 }
 
+static void read_rejected(struct rm *rm, bool remove);
+
 /* ---- messages on the wire ---- */
 
 static size_t msg_payload(uint32_t id, const struct msg *m, uint8_t *buf)
@@ -312,6 +314,19 @@ static void broker_publish(struct rm *rm, const struct mqtt_publish *p)
                 return;
         }
         struct stored *st = store_find(rm, p->packet_id);
+        if (st && st->msg != id) {
+                read_rejected(rm, false);
+                if (rm->msgs[st->msg].rejected) {
+                        /* The outbox set the stored one aside (ob_check_stuck)
+                         * and its id is free again there. mosquitto takes a
+                         * QoS 2 PUBLISH under a stored id with other content
+                         * for a new message ("Reused message ID"): so here. */
+                        trace(rm, "  broker drops message %u (set aside) for message %u under id %u", st->msg, id,
+                              p->packet_id);
+                        *st = rm->store[--rm->n_store];
+                        st = NULL;
+                }
+        }
         if ((st && st->msg != id) || owed_has(rm, p->packet_id)) {
                 /* §2.3.1: an identifier is free for a new PUBLISH only once
                  * its exchange is complete; the broker would take this one
@@ -976,7 +991,7 @@ static uint64_t spool_dir_bytes(struct rm *rm)
  * with nothing acknowledged, to <spool>.rejected (never replayed). The
  * model's links die at random, not over a message, so this may catch an
  * innocent one: it is reported and excused, not counted as lost. */
-static void read_rejected(struct rm *rm)
+static void read_rejected(struct rm *rm, bool remove)
 {
         char *path = spool_path(rm->dir, KEY), *side = NULL;
         struct spool *s = NULL;
@@ -993,7 +1008,7 @@ static void read_rejected(struct rm *rm)
                 uint32_t id = m->payload_len >= 4 ? (uint32_t) m->payload[0] << 24 | (uint32_t) m->payload[1] << 16 |
                                                             (uint32_t) m->payload[2] << 8 | m->payload[3]
                                                   : UINT32_MAX;
-                if (id < rm->n_msgs) {
+                if (id < rm->n_msgs && !rm->msgs[id].rejected) {
                         rm->msgs[id].rejected = true;
                         rm->n_rejected++;
                         trace(rm, "  message %u was moved to %s", id, side);
@@ -1001,7 +1016,8 @@ static void read_rejected(struct rm *rm)
                 free(m);
         }
         spool_close(s);
-        (void) unlink(side);
+        if (remove)
+                (void) unlink(side);
         free(side);
 }
 
@@ -1082,7 +1098,7 @@ int relay_run(const uint8_t *script, size_t len, const char *tmpdir, int trace_o
         rm->event++;
         trace(rm, "drain");
         drain(rm);
-        read_rejected(rm);
+        read_rejected(rm, true);
         check(rm);
         conn_close(rm, "end");
         if (rm->link.misuse)
