@@ -15,10 +15,15 @@
  * Store and forward (the uplink is away, or a backlog is being sent):
  * QoS 1/2 messages are appended to the device's spool file and
  * acknowledged to the device only after outbox_commit() made them durable
- * (fdatasync). The bridge then owns them: it replays them in order with
- * packet identifiers of its own (ones the device is not using upstream),
- * and a spooled message leaves the file only on the broker's own PUBACK /
- * PUBCOMP for it. Once the backlog is sent, forwarding is direct again.
+ * (fdatasync). The bridge then owns them: it replays them in order, a QoS 2
+ * one under the device's own packet identifier (a broker that stored it
+ * already, forwarded before the link went or resent by the device with
+ * DUP, takes it for the same, §4.3.3), a QoS 1 one under an identifier of
+ * the bridge's (one nothing here uses upstream), and a spooled message
+ * leaves the file only on the broker's own PUBACK / PUBCOMP for it. A
+ * replay the broker PUBREC'd and we released is never sent as a PUBLISH
+ * again, only its PUBREL (§4.4), also by a later outbox on the file. Once
+ * the backlog is sent, forwarding is direct again.
  *
  * Order ([MQTT-4.6.0-2]): acknowledgements reach the device in the order
  * of its PUBLISHes, whether a message was forwarded, spooled, or refused
@@ -26,9 +31,14 @@
  *
  * QoS 2 (§4.3.3): for a forwarded message the device's PUBREL goes to the
  * broker and the broker's PUBCOMP back to the device; for a spooled one
- * the bridge answers PUBCOMP itself. A PUBREL for an identifier the
- * outbox does not know (the device reconnected after the broker's PUBREC)
- * is forwarded too: the broker holds that state in the persistent session.
+ * the bridge answers PUBCOMP itself, once the release is durable
+ * (outbox_commit). The identifiers of those are held in the spool file
+ * (spool_append_pid): a DUP the device resends before its PUBREL, on this
+ * connection or a later one or after a restart, is PUBREC'd again and kept
+ * once; a device that starts a clean session releases them all. A PUBREL
+ * for an identifier the outbox does not know (the device reconnected
+ * after the broker's PUBREC) is forwarded too: the broker holds that state
+ * in the persistent session.
  *
  * QoS 0 while the uplink is away waits in memory, bounded
  * (max_qos0_bytes, oldest dropped first).
@@ -85,8 +95,10 @@ int outbox_new(const struct outbox_params *p, struct outbox **out);
 
 /* The owner is gone: close the spool file now (a new connection of the
  * same device may open it at once) and do no more I/O. Spooled messages
- * not yet made durable are forgotten (they were never acknowledged).
- * Returns true if the spool still holds messages. */
+ * not yet acknowledged stay in the file (closing syncs it) and are sent:
+ * a QoS 1 one the device resends may arrive twice, a QoS 2 one is held
+ * and its DUP taken for the same. Returns true if the spool still holds
+ * messages. */
 bool outbox_detach(struct outbox *o);
 
 /* Free: copies in flight are dropped (not acknowledged to the device, so
@@ -129,8 +141,10 @@ int outbox_publish(struct outbox *o, const struct mqtt_publish *p);
  * acknowledgement; mosquitto's ACL does the same). */
 int outbox_refuse(struct outbox *o, uint16_t pid, uint8_t qos);
 
-/* Make what was spooled durable, then acknowledge it. Returns 0 or a
- * negative errno (fsync failed: nothing was acknowledged). */
+/* Make what was spooled (and released) durable, then acknowledge it:
+ * PUBACK / PUBREC, and PUBCOMP for held QoS 2 messages the device
+ * released. Returns 0 or a negative errno (fsync failed: nothing was
+ * acknowledged). */
 int outbox_commit(struct outbox *o);
 
 /* Has the device as many QoS 1/2 messages waiting for the broker as

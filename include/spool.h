@@ -22,6 +22,8 @@ struct spool;
  * NUL-terminated; payload follows it in the same allocation. */
 struct spool_msg {
         uint64_t seq;
+        uint16_t pid;           /* the device's packet identifier (0: not recorded) */
+        bool sent_rel;          /* spool_mark_sent_rel: PUBREL again under pid, never the PUBLISH */
         uint8_t qos;
         bool retain;
         uint32_t payload_len;
@@ -77,6 +79,42 @@ int spool_open(const char *dir, const char *key, uint64_t max_bytes, struct spoo
 int spool_append(struct spool *s, uint8_t qos, bool retain, const char *topic, const void *payload,
                  size_t len, uint64_t *seq);
 
+/*
+ * spool_append, with the device's packet identifier pid (non-zero) in the
+ * same write: a replay sends the message under that identifier, as the
+ * device would have (§4.4: a broker that already has it under that
+ * identifier takes it for the same). hold (QoS 2): the bridge answers this
+ * message's PUBREC itself, and holds pid until spool_release(): a DUP
+ * PUBLISH the device resends with it meanwhile, even on a later connection
+ * or after a restart, is the same message (§4.3.3), never a second one.
+ */
+int spool_append_pid(struct spool *s, uint8_t qos, bool retain, const char *topic, const void *payload,
+                     size_t len, uint16_t pid, bool hold, uint64_t *seq);
+
+/* The replay of QoS 2 message seq was PUBREC'd by the broker and our
+ * PUBREL for it went under pid: the broker delivers it (§4.3.3 method B),
+ * so it is never to be sent as a PUBLISH again, only its PUBREL (§4.4),
+ * also by a later outbox on this file. Not synced (a crash before the next
+ * sync may send it twice). Returns 0 or a negative errno. */
+int spool_mark_sent_rel(struct spool *s, uint64_t seq, uint16_t pid);
+
+/* Is pid the device's id of a message still pending here (a replay of it
+ * is, or will be, upstream under pid)? */
+bool spool_pinned(const struct spool *s, uint16_t pid);
+
+/* Is pid held (see spool_append_pid)? How many are? */
+bool spool_held(const struct spool *s, uint16_t pid);
+unsigned spool_held_count(const struct spool *s);
+
+/* The device's PUBREL for pid came: no longer held. Not durable until the
+ * next spool_sync (sync before the PUBCOMP: a held id that came back after
+ * a crash would take the device's next message with it for a duplicate).
+ * Returns 0 (also when pid was not held) or a negative errno. */
+int spool_release(struct spool *s, uint16_t pid);
+/* Release every held id: the device started a clean session (§3.1.2.4),
+ * it will send no PUBREL for them. Returns 0 or a negative errno. */
+int spool_release_all(struct spool *s);
+
 /* Make every append durable (fdatasync). Returns 0 or a negative errno. */
 int spool_sync(struct spool *s);
 
@@ -98,10 +136,11 @@ void spool_set_cursor(struct spool *s, uint64_t cursor);
  * mid-replay: unacknowledged messages are sent again). */
 void spool_rewind(struct spool *s);
 
-/* Messages not yet acknowledged upstream, and the file's size. */
+/* Messages not yet acknowledged upstream, and the file's size. A file with
+ * no message pending but identifiers held stays (spool_close). */
 uint64_t spool_pending(const struct spool *s);
 uint64_t spool_bytes(const struct spool *s);
 
-/* Sync, close, and remove the file if nothing is pending. NULL-safe. */
+/* Sync, close, and remove the file if nothing is pending or held. NULL-safe. */
 void spool_close(struct spool *s);
 

@@ -21,6 +21,17 @@
  * "username\0\0identity" as payload. (Files written before version 0.2
  * had "username\0password" and SPOOL_META_PASSWORD: read, the password
  * is discarded and never written again.)
+ * body of a PID record (type 4): the device's own packet identifier of
+ * the message seq (written with it, in the same write), and whether the
+ * bridge answered that QoS 2 message's PUBREC itself and so holds the
+ * exchange until the device's PUBREL (§4.3.3):
+ *   u8 type | u8 flags | u16 packet id | u64 seq
+ * flags: SPOOL_PID_HOLD (held from now on; seq 0 when its message is gone
+ * already), SPOOL_PID_RELEASE (the device sent its PUBREL: no longer held;
+ * seq 0), SPOOL_PID_SENT_REL (the bridge
+ * sent the broker its PUBREL for the replay of seq under this id: it is
+ * delivered or will be on that PUBREL, never to be sent again as a
+ * PUBLISH, §4.3.3, §4.4), none (identifier only).
  *
  * All integers big-endian. A record cut short at the end of the file was
  * being written when the process died, so it was never acknowledged to a
@@ -41,7 +52,12 @@ enum spool_record_type {
         SPOOL_MESSAGE = 1,
         SPOOL_ACKED = 2,
         SPOOL_META = 3,
+        SPOOL_PID = 4,
 };
+
+#define SPOOL_PID_HOLD 0x01
+#define SPOOL_PID_RELEASE 0x02
+#define SPOOL_PID_SENT_REL 0x04
 
 #define SPOOL_META_USERNAME 0x01
 #define SPOOL_META_PASSWORD 0x02  /* a password was used upstream (never stored; old files stored it) */
@@ -51,9 +67,10 @@ enum spool_record_type {
 
 struct spool_record {
         enum spool_record_type type;
-        uint8_t qos;
+        uint8_t qos;              /* MESSAGE: QoS; META: SPOOL_META_*; PID: SPOOL_PID_* */
         bool retain;
         uint64_t seq;
+        uint16_t pid;             /* PID only */
         const uint8_t *topic;     /* points into the buffer */
         uint16_t topic_len;
         const uint8_t *payload;   /* points into the buffer */

@@ -9,8 +9,11 @@
  *           (refused, or acknowledged but behind an earlier one);
  *   rel     QoS 2 messages forwarded directly that the broker PUBREC'd:
  *           the device's PUBREL goes upstream, the broker's PUBCOMP back;
- *   own2    QoS 2 messages the bridge spooled and PUBREC'd itself: the
- *           device's PUBREL is answered here;
+ *   held    (in the spool file: spool_append_pid) QoS 2 messages the
+ *           bridge spooled and PUBREC'd itself: the device's PUBREL is
+ *           answered here, and a DUP of one is the same message, also on a
+ *           later connection or after a restart;
+ *   comp    PUBCOMPs for those, sent once the release is durable;
  *   replay  spooled messages in flight upstream under the bridge's own
  *           packet identifiers;
  *   q0      QoS 0 waiting for the uplink.
@@ -69,6 +72,7 @@ struct outbox {
         struct spool_meta meta;
         bool has_meta;
         struct uplink *up;              /* connected uplink, or NULL */
+        bool session_present;           /* the broker's flag on it */
         struct spool *spool;
         bool spooling;                  /* new QoS 1/2 go to the spool (backlog or uplink away) */
         bool detached;
@@ -78,8 +82,8 @@ struct outbox {
         unsigned n_wait_broker;
         struct ob_rel *rel;
         unsigned n_rel, cap_rel;
-        uint16_t *own2;
-        unsigned n_own2, cap_own2;
+        uint16_t *comp;
+        unsigned n_comp, cap_comp;
         struct ob_replay *replay;
         unsigned n_replay, cap_replay;
         uint64_t last_read_seq;
@@ -181,17 +185,19 @@ static int ob_spool_open(struct outbox *o)
         free(path);
         if (r < 0)
                 return r;
-        ob_account(o, on_disk);
         if (o->has_meta) {
                 r = spool_set_meta(o->spool, &o->meta);
                 if (r < 0)
                         log_warning("spool of \"%s\": cannot record the sender: %s", o->name, strerror(-r));
         }
+        /* After the META record, which a file holding messages gets at once. */
+        ob_account(o, on_disk);
         return 0;
 }
 
-/* Close the file; spool_close removes it when nothing is pending, and only
- * then does it leave the byte gauge (a file that waits stays counted). */
+/* Close the file; spool_close removes it when nothing is pending or held,
+ * and only then does it leave the byte gauge (a file that waits stays
+ * counted). */
 static bool ob_spool_close(struct outbox *o)
 {
         bool pending;
@@ -201,9 +207,10 @@ static bool ob_spool_close(struct outbox *o)
                 return false;
         size = spool_bytes(o->spool);
         pending = spool_pending(o->spool) > 0;
+        bool stays = pending || spool_held_count(o->spool) > 0;
         spool_close(o->spool);
         o->spool = NULL;
-        if (o->p.spool_total && !pending)
+        if (o->p.spool_total && !stays)
                 *o->p.spool_total -= size < *o->p.spool_total ? size : *o->p.spool_total;
         if (o->p.spool_msgs)
                 *o->p.spool_msgs -= o->counted_pending;
@@ -226,13 +233,23 @@ static void ob_spool_done_if_empty(struct outbox *o)
                 return;
         if (o->spool && spool_pending(o->spool) > 0)
                 return;
-        ob_spool_close(o);
+        /* Held identifiers keep the file (and it open, for their release). */
+        if (spool_held_count(o->spool) == 0)
+                ob_spool_close(o);
         o->spooling = false;
         o->last_read_seq = 0;
 }
 
-/* Append one message; it is acknowledged to anyone only after a sync. */
-static int ob_spool_append(struct outbox *o, const struct mqtt_publish *p)
+/* Append one message; it is acknowledged to anyone only after a sync.
+ * A QoS 2 one with the device's packet identifier (p->packet_id), so that
+ * the replay uses it too: a broker that already stores the message under
+ * it (it was forwarded, the PUBREC lost with the link, or the device resent
+ * it with DUP) takes the replay for the same (§4.3.3), and the bridge never
+ * picks an identifier the broker may still hold for another message
+ * (§2.3.1, ob_free_pid). QoS 1 needs neither (the broker keeps no state
+ * for it across links): it goes under one of the bridge's. hold: the bridge
+ * answers this QoS 2 message's PUBREC itself (spool_append_pid). */
+static int ob_spool_append(struct outbox *o, const struct mqtt_publish *p, bool hold)
 {
         uint64_t seq, before;
         char *topic;
@@ -248,7 +265,8 @@ static int ob_spool_append(struct outbox *o, const struct mqtt_publish *p)
         if (!topic)
                 return -ENOMEM;
         before = spool_bytes(o->spool);
-        r = spool_append(o->spool, p->qos, p->retain, topic, p->payload, p->payload_len, &seq);
+        r = spool_append_pid(o->spool, p->qos, p->retain, topic, p->payload, p->payload_len,
+                             p->qos == 2 ? p->packet_id : 0, hold && p->qos == 2, &seq);
         ob_account(o, before);
         free(topic);
         if (r < 0)
@@ -265,17 +283,30 @@ static int ob_sync(struct outbox *o)
         return spool_sync(o->spool);
 }
 
+/* Replay i is delivered: it leaves the spool once every earlier one did. */
+static void ob_replay_done(struct outbox *o, unsigned i)
+{
+        o->replay[i] = o->replay[--o->n_replay];
+        o->replay_progress = true;
+        if (!o->spool)
+                return;
+        /* Everything below the oldest still in flight is safe. */
+        uint64_t through = o->last_read_seq;
+        for (unsigned k = 0; k < o->n_replay; k++)
+                if (o->replay[k].seq - 1 < through)
+                        through = o->replay[k].seq - 1;
+        uint64_t before = spool_bytes(o->spool);
+        int r = spool_ack_through(o->spool, through);
+        ob_account(o, before);
+        if (r < 0)
+                log_warning("spool of \"%s\": %s (messages may be sent twice)", o->name, strerror(-r));
+}
+
 /* ---- acknowledgements to the device, in order ---- */
 
-static int ob_own2_add(struct outbox *o, uint16_t pid)
+static bool ob_held(const struct outbox *o, uint16_t pid)
 {
-        for (unsigned i = 0; i < o->n_own2; i++)
-                if (o->own2[i] == pid)
-                        return 0;
-        if (grow((void **) &o->own2, &o->cap_own2, o->n_own2, sizeof *o->own2) < 0)
-                return -ENOMEM;
-        o->own2[o->n_own2++] = pid;
-        return 0;
+        return o->spool && spool_held(o->spool, pid);
 }
 
 static void ob_flush_acks(struct outbox *o)
@@ -331,14 +362,22 @@ int outbox_new(const struct outbox_params *p, struct outbox **out)
                 r = ob_spool_open(o);
                 if (r == -EBUSY)
                         goto fail;
+                if (r == 0 && o->has_meta && o->meta.clean_session && spool_held_count(o->spool) > 0) {
+                        /* §3.1.2.4: the device starts afresh; no PUBREL will
+                         * come for what an earlier session left held. */
+                        uint64_t before = spool_bytes(o->spool);
+                        if (spool_release_all(o->spool) < 0 || spool_sync(o->spool) < 0)
+                                log_warning("spool of \"%s\": cannot release the QoS 2 ids of its last session", o->name);
+                        ob_account(o, before);
+                }
                 if (r == 0 && spool_pending(o->spool) > 0) {
                         o->spooling = true;
                         log_notice("%llu spooled message%s of \"%s\" will be sent upstream first",
                                    (unsigned long long) spool_pending(o->spool),
                                    spool_pending(o->spool) == 1 ? "" : "s", o->name);
-                } else if (r == 0) {
+                } else if (r == 0 && spool_held_count(o->spool) == 0) {
                         ob_spool_close(o);
-                } else {
+                } else if (r < 0) {
                         log_warning("cannot open the spool of \"%s\": %s", o->name, strerror(-r));
                 }
         }
@@ -374,7 +413,7 @@ void outbox_free(struct outbox *o)
         }
         free(o->fifo);
         free(o->rel);
-        free(o->own2);
+        free(o->comp);
         free(o->replay);
         spool_meta_clear(&o->meta);
         free(o->key);
@@ -422,17 +461,21 @@ bool outbox_pid_in_use(const struct outbox *o, uint16_t pid)
         return false;
 }
 
-/* §2.3.1: a packet identifier the bridge's link is not using. The device
- * picks its own independently, so the bridge's must avoid every id the
- * device has open upstream, and the owner's SUBSCRIBEs. 0 if none is free
- * (cannot happen with bounded in-flight windows). */
+/* §2.3.1: a packet identifier the bridge's link is not using, for a QoS 1
+ * replay. The device picks its own independently, so the bridge's must
+ * avoid every id the device has open upstream that this outbox knows of,
+ * those of QoS 2 messages in the spool (the broker may store one under
+ * it), and the owner's SUBSCRIBEs. What it cannot know: a QoS 2 exchange
+ * the device left open at the broker on an earlier connection, until the
+ * device resends it; devices count their ids up from 1, so the bridge
+ * counts down from 65535, far from them. 0 if none is free (cannot happen
+ * with bounded in-flight windows). */
 static uint16_t ob_free_pid(struct outbox *o)
 {
         for (unsigned tries = 0; tries < 65535; tries++) {
-                uint16_t pid = ++o->next_pid;
-                if (pid == 0)
-                        pid = o->next_pid = 1;
-                if (outbox_pid_in_use(o, pid))
+                uint16_t pid = (uint16_t) (65535 - o->next_pid % 65535);
+                o->next_pid++;
+                if (outbox_pid_in_use(o, pid) || (o->spool && spool_pinned(o->spool, pid)))
                         continue;
                 if (o->p.ops && o->p.ops->pid_busy && o->p.ops->pid_busy(o->p.ud, pid))
                         continue;
@@ -469,7 +512,48 @@ static void ob_replay_pump(struct outbox *o)
                 }
                 if (r == 0)
                         break;
-                uint16_t pid = ob_free_pid(o);
+                bool in_flight = false;
+                for (unsigned k = 0; k < o->n_replay; k++)
+                        in_flight |= o->replay[k].seq == m->seq;
+                if (in_flight) {
+                        /* Released on an earlier link: its PUBREL, not the
+                         * PUBLISH, goes again (outbox_uplink_up). */
+                        o->last_read_seq = m->seq;
+                        free(m);
+                        continue;
+                }
+                if (m->sent_rel && m->pid && m->qos == 2) {
+                        /* Released by an earlier outbox: PUBREL again under
+                         * the same id (§4.4), or, the broker's session gone,
+                         * delivered or lost with it. */
+                        uint64_t rseq = m->seq;
+                        uint16_t rpid = m->pid;
+                        free(m);
+                        if (outbox_pid_in_use(o, rpid) ||
+                            grow((void **) &o->replay, &o->cap_replay, o->n_replay, sizeof *o->replay) < 0) {
+                                spool_set_cursor(o->spool, cursor);
+                                return;
+                        }
+                        if (o->session_present && uplink_send_ack(o->up, MQTT_PUBREL, rpid) < 0) {
+                                spool_set_cursor(o->spool, cursor);
+                                return;
+                        }
+                        o->last_read_seq = rseq;
+                        o->replay[o->n_replay++] = (struct ob_replay){ .pid = rpid, .qos = 2, .released = true,
+                                                                       .seq = rseq };
+                        if (!o->session_present)
+                                ob_replay_done(o, o->n_replay - 1);
+                        continue;
+                }
+                /* The device's own identifier (ob_spool_append); it waits while
+                 * that is still in use upstream (an earlier message of the
+                 * spool under it, a QoS 2 exchange, a SUBSCRIBE). */
+                uint16_t pid = m->qos ? m->pid : 0;
+                if (pid && (outbox_pid_in_use(o, pid) ||
+                            (o->p.ops && o->p.ops->pid_busy && o->p.ops->pid_busy(o->p.ud, pid))))
+                        pid = 0;
+                else if (!pid)
+                        pid = ob_free_pid(o);
                 if (pid == 0 || grow((void **) &o->replay, &o->cap_replay, o->n_replay, sizeof *o->replay) < 0) {
                         free(m);
                         spool_set_cursor(o->spool, cursor);
@@ -521,6 +605,7 @@ void outbox_uplink_up(struct outbox *o, struct uplink *u, bool session_present)
                 return;
         o->up = u;
         o->replay_progress = false;
+        o->session_present = session_present;
         /* QoS 2 messages the broker PUBREC'd on the earlier link. */
         for (unsigned i = 0; i < o->n_rel;) {
                 struct ob_rel *rl = &o->rel[i];
@@ -532,11 +617,10 @@ void outbox_uplink_up(struct outbox *o, struct uplink *u, bool session_present)
                         if (rl->copy) {
                                 struct mqtt_publish p = ob_msg_publish(rl->copy);
                                 p.qos = 2;
-                                if (ob_spool_append(o, &p) == 0 && ob_sync(o) == 0) {
+                                p.packet_id = rl->pid;
+                                if (ob_spool_append(o, &p, !rl->device_released) == 0 && ob_sync(o) == 0) {
                                         if (rl->device_released && o->p.ops && o->p.ops->complete)
                                                 o->p.ops->complete(o->p.ud, rl->pid);
-                                        else
-                                                (void) ob_own2_add(o, rl->pid);
                                 } else {
                                         log_warning("\"%s\": cannot spool a QoS 2 message the broker lost", o->name);
                                 }
@@ -556,6 +640,15 @@ void outbox_uplink_up(struct outbox *o, struct uplink *u, bool session_present)
                                 rl->copy = NULL;
                         }
                 }
+                i++;
+        }
+        /* Our own QoS 2 replays released on the earlier link. */
+        for (unsigned i = 0; i < o->n_replay;) {
+                if (!session_present) {
+                        ob_replay_done(o, i);
+                        continue;
+                }
+                (void) uplink_send_ack(u, MQTT_PUBREL, o->replay[i].pid);
                 i++;
         }
         outbox_pump(o);
@@ -620,9 +713,21 @@ int outbox_uplink_down(struct outbox *o, bool clean)
                 return 0;
         o->up = NULL;
         ob_check_stuck(o);
-        o->n_replay = 0;
+        /* Unacknowledged replays go again from the spool; a QoS 2 one the
+         * broker PUBREC'd and we released has been delivered (method B) or
+         * will be on our PUBREL: it must never be sent again as a PUBLISH,
+         * §4.4. It waits for its PUBCOMP, or, the broker's session gone,
+         * counts as delivered (at most once, as for any client). */
+        unsigned kept = 0;
+        for (unsigned i = 0; i < o->n_replay; i++)
+                if (o->replay[i].released)
+                        o->replay[kept++] = o->replay[i];
+        o->n_replay = kept;
+        o->last_read_seq = 0;
         if (o->spool)
-                spool_rewind(o->spool); /* unacknowledged ones go again */
+                spool_rewind(o->spool);
+        while (clean && o->n_replay > 0)
+                ob_replay_done(o, o->n_replay - 1);
         if (o->n_wait_broker == 0 && (!clean || o->n_rel == 0))
                 return 0;
         if (!o->spool_dir && !o->spool_path)
@@ -633,7 +738,8 @@ int outbox_uplink_down(struct outbox *o, bool clean)
                 if (e->state != OB_WAIT_BROKER)
                         continue;
                 struct mqtt_publish p = ob_msg_publish(e->copy);
-                r = ob_spool_append(o, &p);
+                p.packet_id = e->pid;
+                r = ob_spool_append(o, &p, true);
                 if (r < 0)
                         return r;
                 free(e->copy);
@@ -649,7 +755,8 @@ int outbox_uplink_down(struct outbox *o, bool clean)
                         if (o->rel[i].copy) {
                                 struct mqtt_publish p = ob_msg_publish(o->rel[i].copy);
                                 p.qos = 2;
-                                r = ob_spool_append(o, &p);
+                                p.packet_id = o->rel[i].pid;
+                                r = ob_spool_append(o, &p, !o->rel[i].device_released);
                                 if (r < 0)
                                         return r;
                                 spooled = true;
@@ -665,9 +772,8 @@ int outbox_uplink_down(struct outbox *o, bool clean)
                         struct ob_rel rl = o->rel[--o->n_rel];
                         bool had_copy = rl.copy != NULL;
                         free(rl.copy);
-                        if (had_copy && !rl.device_released)
-                                (void) ob_own2_add(o, rl.pid);
-                        else if (o->p.ops && o->p.ops->complete)
+                        /* Spooled and held above, or to complete now. */
+                        if ((!had_copy || rl.device_released) && o->p.ops && o->p.ops->complete)
                                 o->p.ops->complete(o->p.ud, rl.pid);
                         if (o->detached)
                                 break;
@@ -727,13 +833,12 @@ int outbox_publish(struct outbox *o, const struct mqtt_publish *p)
                 if (o->fifo[i].pid == p->packet_id)
                         return 1;
         if (p->qos == 2) {
-                for (unsigned i = 0; i < o->n_own2; i++)
-                        if (o->own2[i] == p->packet_id) {
-                                /* §4.3.3: ours already: PUBREC again, keep one. */
-                                if (o->p.ops && o->p.ops->ack)
-                                        o->p.ops->ack(o->p.ud, p->packet_id, 2);
-                                return 1;
-                        }
+                if (ob_held(o, p->packet_id)) {
+                        /* §4.3.3: ours already: PUBREC again, keep one. */
+                        if (o->p.ops && o->p.ops->ack)
+                                o->p.ops->ack(o->p.ud, p->packet_id, 2);
+                        return 1;
+                }
                 for (unsigned i = 0; i < o->n_rel; i++)
                         if (o->rel[i].pid == p->packet_id) {
                                 if (o->p.ops && o->p.ops->ack)
@@ -742,7 +847,7 @@ int outbox_publish(struct outbox *o, const struct mqtt_publish *p)
                         }
         }
         if (o->spooling || !o->up) {
-                r = ob_spool_append(o, p);
+                r = ob_spool_append(o, p, true);
                 if (r < 0)
                         return r;
                 return ob_fifo_push(o, p->packet_id, p->qos, OB_WAIT_SYNC, NULL);
@@ -783,19 +888,26 @@ int outbox_commit(struct outbox *o)
                 return 0;
         for (unsigned i = 0; i < o->n_fifo; i++)
                 any |= o->fifo[i].state == OB_WAIT_SYNC;
-        if (!any)
+        if (!any && o->n_comp == 0)
                 return 0;
-        r = ob_sync(o);
+        /* Releases only, and the file closed since (the backlog done):
+         * closing synced them. */
+        r = !any && !o->spool ? 0 : ob_sync(o);
         if (r < 0)
                 return r;
         /* Durable: now, and only now, the device may forget them. */
         for (unsigned i = 0; i < o->n_fifo; i++)
-                if (o->fifo[i].state == OB_WAIT_SYNC) {
+                if (o->fifo[i].state == OB_WAIT_SYNC)
                         o->fifo[i].state = OB_DONE;
-                        if (o->fifo[i].qos == 2)
-                                (void) ob_own2_add(o, o->fifo[i].pid);
-                }
         ob_flush_acks(o);
+        /* Released for good: the device may reuse those identifiers. */
+        while (o->n_comp > 0 && !o->detached) {
+                uint16_t pid = o->comp[0];
+                memmove(o->comp, o->comp + 1, (o->n_comp - 1) * sizeof *o->comp);
+                o->n_comp--;
+                if (o->p.ops && o->p.ops->complete)
+                        o->p.ops->complete(o->p.ud, pid);
+        }
         if (!o->detached)
                 outbox_pump(o);
         return 0;
@@ -820,20 +932,35 @@ bool outbox_full(const struct outbox *o)
 
 void outbox_device_pubrel(struct outbox *o, uint16_t pid)
 {
-        for (unsigned i = 0; i < o->n_own2; i++)
-                if (o->own2[i] == pid) {
-                        o->own2[i] = o->own2[--o->n_own2];
-                        if (o->p.ops && o->p.ops->complete)
-                                o->p.ops->complete(o->p.ud, pid);
-                        return;
-                }
         for (unsigned i = 0; i < o->n_fifo; i++)
                 if (o->fifo[i].pid == pid)
                         return; /* PUBREL before our PUBREC: out of order, ignored */
+        if (ob_held(o, pid)) {
+                /* Ours: PUBCOMP once the release is durable (outbox_commit). */
+                uint64_t before = spool_bytes(o->spool);
+                int r = spool_release(o->spool, pid);
+                ob_account(o, before);
+                if (r == 0)
+                        r = grow((void **) &o->comp, &o->cap_comp, o->n_comp, sizeof *o->comp);
+                if (r < 0) {
+                        log_warning("spool of \"%s\": cannot release QoS 2 id %u: %s", o->name, pid, strerror(-r));
+                        return; /* the device sends its PUBREL again */
+                }
+                o->comp[o->n_comp++] = pid;
+                return;
+        }
         struct ob_rel *rl = NULL;
         for (unsigned i = 0; i < o->n_rel; i++)
                 if (o->rel[i].pid == pid)
                         rl = &o->rel[i];
+        if (!rl && o->spool && spool_pinned(o->spool, pid)) {
+                /* Released already (our PUBCOMP was lost): upstream, pid is
+                 * the spool's own exchange for that message, not to be
+                 * released by the device again. */
+                if (o->p.ops && o->p.ops->complete)
+                        o->p.ops->complete(o->p.ud, pid);
+                return;
+        }
         if (!rl) {
                 /* Not ours: the broker PUBREC'd it on an earlier connection
                  * of this device (persistent session). The broker has the
@@ -899,26 +1026,23 @@ static bool ob_on_replay_ack(struct outbox *o, enum mqtt_type type, uint16_t pid
                 if (rp->pid != pid)
                         continue;
                 if (type == MQTT_PUBREC && rp->qos == 2) {
+                        if (rp->released)
+                                return true;
+                        /* From now on only its PUBREL may go again, also
+                         * from a later outbox on this spool. */
+                        uint64_t before = spool_bytes(o->spool);
+                        int r = o->spool ? spool_mark_sent_rel(o->spool, rp->seq, pid) : -ESHUTDOWN;
+                        ob_account(o, before);
+                        if (r < 0)
+                                log_warning("spool of \"%s\": %s (a QoS 2 message may be sent twice)", o->name,
+                                            strerror(-r));
                         if (uplink_send_ack(o->up, MQTT_PUBREL, pid) == 0)
                                 rp->released = true;
                         return true;
                 }
                 if (!((type == MQTT_PUBACK && rp->qos == 1) || (type == MQTT_PUBCOMP && rp->qos == 2 && rp->released)))
                         return true; /* out of order for its QoS: ignored */
-                o->replay[i] = o->replay[--o->n_replay];
-                o->replay_progress = true;
-                if (!o->spool)
-                        return true;
-                /* Everything below the oldest still in flight is safe. */
-                uint64_t through = o->last_read_seq;
-                for (unsigned k = 0; k < o->n_replay; k++)
-                        if (o->replay[k].seq - 1 < through)
-                                through = o->replay[k].seq - 1;
-                uint64_t before = spool_bytes(o->spool);
-                int r = spool_ack_through(o->spool, through);
-                ob_account(o, before);
-                if (r < 0)
-                        log_warning("spool of \"%s\": %s (messages may be sent twice)", o->name, strerror(-r));
+                ob_replay_done(o, i);
                 outbox_pump(o);
                 return true;
         }

@@ -34,7 +34,98 @@ struct spool {
         struct spool_meta meta;
         struct spool_skip *skips; /* damaged ranges found at open, in file order */
         size_t n_skips;
+        uint16_t *held;          /* device QoS 2 ids the bridge PUBREC'd itself (spool_append_pid) */
+        unsigned n_held, cap_held;
+        struct spool_pin {       /* ids of the pending messages (spool_append_pid) */
+                uint64_t seq;
+                uint16_t pid;
+                bool sent_rel;   /* spool_mark_sent_rel */
+        } *pins;
+        unsigned n_pins, cap_pins;
 };
+
+static int pin_reserve(struct spool *s)
+{
+        if (s->n_pins == s->cap_pins) {
+                unsigned c = s->cap_pins ? 2 * s->cap_pins : 8;
+                struct spool_pin *p = realloc(s->pins, c * sizeof *p);
+                if (!p)
+                        return -ENOMEM;
+                s->pins = p;
+                s->cap_pins = c;
+        }
+        return 0;
+}
+
+static struct spool_pin *pin_find(const struct spool *s, uint64_t seq)
+{
+        for (unsigned i = 0; i < s->n_pins; i++)
+                if (s->pins[i].seq == seq)
+                        return &s->pins[i];
+        return NULL;
+}
+
+static int pin_add(struct spool *s, uint64_t seq, uint16_t pid, bool sent_rel)
+{
+        struct spool_pin *p = pin_find(s, seq);
+
+        if (!p) {
+                if (pin_reserve(s) < 0)
+                        return -ENOMEM;
+                p = &s->pins[s->n_pins++];
+        }
+        *p = (struct spool_pin){ .seq = seq, .pid = pid, .sent_rel = sent_rel };
+        return 0;
+}
+
+/* Forget the ids of messages acknowledged upstream. */
+static void pin_prune(struct spool *s)
+{
+        unsigned k = 0;
+        for (unsigned i = 0; i < s->n_pins; i++)
+                if (s->pins[i].seq > s->acked_through)
+                        s->pins[k++] = s->pins[i];
+        s->n_pins = k;
+}
+
+static int held_index(const struct spool *s, uint16_t pid)
+{
+        for (unsigned i = 0; i < s->n_held; i++)
+                if (s->held[i] == pid)
+                        return (int) i;
+        return -1;
+}
+
+/* Room for one more, so that held_add cannot fail after a write. */
+static int held_reserve(struct spool *s)
+{
+        if (s->n_held == s->cap_held) {
+                unsigned c = s->cap_held ? 2 * s->cap_held : 8;
+                uint16_t *h = realloc(s->held, c * sizeof *h);
+                if (!h)
+                        return -ENOMEM;
+                s->held = h;
+                s->cap_held = c;
+        }
+        return 0;
+}
+
+static int held_add(struct spool *s, uint16_t pid)
+{
+        if (held_index(s, pid) >= 0)
+                return 0;
+        if (held_reserve(s) < 0)
+                return -ENOMEM;
+        s->held[s->n_held++] = pid;
+        return 0;
+}
+
+static void held_del(struct spool *s, uint16_t pid)
+{
+        int i = held_index(s, pid);
+        if (i >= 0)
+                s->held[i] = s->held[--s->n_held];
+}
 
 void spool_meta_clear(struct spool_meta *m)
 {
@@ -409,6 +500,19 @@ int spool_open_path(const char *path, uint64_t max_bytes, struct spool **out)
                                 s->acked_through = rec.seq;
                         if (rec.type == SPOOL_META && spool_meta_from_record(&s->meta, &rec) == 0)
                                 s->has_meta = s->meta_written = true;
+                        if (rec.type == SPOOL_PID && (rec.qos & SPOOL_PID_HOLD) && held_add(s, rec.pid) < 0) {
+                                free(buf);
+                                r = -ENOMEM;
+                                goto fail;
+                        }
+                        if (rec.type == SPOOL_PID && (rec.qos & SPOOL_PID_RELEASE))
+                                held_del(s, rec.pid);
+                        if (rec.type == SPOOL_PID && rec.seq > 0 &&
+                            pin_add(s, rec.seq, rec.pid, rec.qos == SPOOL_PID_SENT_REL) < 0) {
+                                free(buf);
+                                r = -ENOMEM;
+                                goto fail;
+                        }
                         off += used;
                         free(buf);
                         continue;
@@ -444,9 +548,10 @@ int spool_open_path(const char *path, uint64_t max_bytes, struct spool **out)
                 dmg.bytes += next - off;
                 off = next;
         }
-        s->next_seq = max_seq + 1;
-        if (s->acked_through > max_seq)
-                s->acked_through = max_seq;
+        /* An ACKED record may outlive the messages it covered (the file was
+         * emptied, identifiers held kept it): numbers go on from there. */
+        s->next_seq = (max_seq > s->acked_through ? max_seq : s->acked_through) + 1;
+        pin_prune(s);
         /* What the skipped ranges cost: the sequence numbers missing
          * across each (a file's messages are numbered one by one). */
         for (unsigned i = 0; i < n_gaps; i++) {
@@ -463,7 +568,7 @@ int spool_open_path(const char *path, uint64_t max_bytes, struct spool **out)
         spool_log_damage(s, &dmg);
         free(gaps);
         gaps = NULL;
-        if (spool_pending(s) == 0) {
+        if (spool_pending(s) == 0 && s->n_held == 0) {
                 /* Everything was delivered: start afresh. */
                 off = 0;
                 s->meta_written = false;
@@ -490,6 +595,8 @@ fail:
                 close(s->fd);
         spool_meta_clear(&s->meta);
         free(s->skips);
+        free(s->held);
+        free(s->pins);
         free(s->path);
         free(s);
         return r;
@@ -567,6 +674,21 @@ const char *spool_file(const struct spool *s)
 int spool_append(struct spool *s, uint8_t qos, bool retain, const char *topic, const void *payload,
                  size_t len, uint64_t *seq)
 {
+        return spool_append_pid(s, qos, retain, topic, payload, len, 0, false, seq);
+}
+
+static int spool_write_pid(struct spool *s, uint8_t flags, uint16_t pid, uint64_t seq)
+{
+        struct spool_record rec = { .type = SPOOL_PID, .qos = flags, .pid = pid, .seq = seq };
+        uint8_t buf[SPOOL_HEADER_LEN + 12];
+        int r = spool_record_encode(buf, sizeof buf, &rec);
+
+        return r < 0 ? r : spool_write_record(s, buf, sizeof buf);
+}
+
+int spool_append_pid(struct spool *s, uint8_t qos, bool retain, const char *topic, const void *payload,
+                     size_t len, uint16_t pid, bool hold, uint64_t *seq)
+{
         struct spool_record rec = {
                 .type = SPOOL_MESSAGE,
                 .qos = qos,
@@ -577,14 +699,24 @@ int spool_append(struct spool *s, uint8_t qos, bool retain, const char *topic, c
                 .payload = payload,
                 .payload_len = (uint32_t) len,
         };
-        size_t rlen = spool_record_len(&rec);
+        struct spool_record pid_rec = {
+                .type = SPOOL_PID,
+                .qos = hold ? SPOOL_PID_HOLD : 0,
+                .pid = pid,
+                .seq = s->next_seq,
+        };
+        size_t mlen = spool_record_len(&rec), rlen = mlen + (pid ? spool_record_len(&pid_rec) : 0);
         uint8_t *buf;
         int r;
 
         if (strlen(topic) > 65535 || len > SPOOL_MAX_BODY - 1024)
                 return -EMSGSIZE;
+        if (hold && (!pid || qos != 2))
+                return -EINVAL;
         if (s->max_bytes && s->size + rlen > s->max_bytes)
                 return -ENOSPC;
+        if ((hold && held_reserve(s) < 0) || (pid && pin_reserve(s) < 0))
+                return -ENOMEM;
         if (s->has_meta && !s->meta_written) {
                 r = spool_write_meta(s);
                 if (r < 0)
@@ -593,13 +725,72 @@ int spool_append(struct spool *s, uint8_t qos, bool retain, const char *topic, c
         buf = malloc(rlen);
         if (!buf)
                 return -ENOMEM;
-        r = spool_record_encode(buf, rlen, &rec);
+        /* One write: the identifier is never missing from a message that
+         * made it to the file. */
+        r = spool_record_encode(buf, mlen, &rec);
+        if (r >= 0 && pid)
+                r = spool_record_encode(buf + mlen, rlen - mlen, &pid_rec);
         if (r >= 0)
                 r = spool_write_record(s, buf, rlen);
         free(buf);
         if (r < 0)
                 return r;
+        if (hold)
+                (void) held_add(s, pid); /* room reserved above */
+        if (pid)
+                (void) pin_add(s, s->next_seq, pid, false); /* room reserved above */
         *seq = s->next_seq++;
+        return 0;
+}
+
+bool spool_held(const struct spool *s, uint16_t pid)
+{
+        return s && held_index(s, pid) >= 0;
+}
+
+unsigned spool_held_count(const struct spool *s)
+{
+        return s ? s->n_held : 0;
+}
+
+int spool_mark_sent_rel(struct spool *s, uint64_t seq, uint16_t pid)
+{
+        if (pin_reserve(s) < 0)
+                return -ENOMEM;
+        int r = spool_write_pid(s, SPOOL_PID_SENT_REL, pid, seq);
+        if (r < 0)
+                return r;
+        return pin_add(s, seq, pid, true);
+}
+
+bool spool_pinned(const struct spool *s, uint16_t pid)
+{
+        for (unsigned i = 0; s && i < s->n_pins; i++)
+                if (s->pins[i].pid == pid)
+                        return true;
+        return false;
+}
+
+int spool_release(struct spool *s, uint16_t pid)
+{
+        int r;
+
+        if (held_index(s, pid) < 0)
+                return 0;
+        r = spool_write_pid(s, SPOOL_PID_RELEASE, pid, 0);
+        if (r < 0)
+                return r;
+        held_del(s, pid);
+        return 0;
+}
+
+int spool_release_all(struct spool *s)
+{
+        while (s->n_held > 0) {
+                int r = spool_release(s, s->held[s->n_held - 1]);
+                if (r < 0)
+                        return r;
+        }
         return 0;
 }
 
@@ -641,7 +832,10 @@ int spool_read_next(struct spool *s, struct spool_msg **out)
                         free(buf);
                         return -ENOMEM;
                 }
+                struct spool_pin *pin = pin_find(s, rec.seq);
                 m->seq = rec.seq;
+                m->pid = pin ? pin->pid : 0;
+                m->sent_rel = pin && pin->sent_rel;
                 m->qos = rec.qos;
                 m->retain = rec.retain;
                 memcpy(m->topic, rec.topic, rec.topic_len);
@@ -679,6 +873,7 @@ int spool_ack_through(struct spool *s, uint64_t seq)
         if (seq >= s->next_seq)
                 seq = s->next_seq - 1;
         s->acked_through = seq;
+        pin_prune(s);
         if (spool_pending(s) == 0) {
                 /* Drained: start the file afresh. */
                 if (ftruncate(s->fd, 0) < 0 || lseek(s->fd, 0, SEEK_SET) < 0)
@@ -692,7 +887,19 @@ int spool_ack_through(struct spool *s, uint64_t seq)
                 s->n_skips = 0;
                 /* Sequence numbers go on (the replay is counting them):
                  * say where they stand, or a crash would count every number
-                 * since the file was created as pending. */
+                 * since the file was created as pending. Held identifiers
+                 * outlive their messages (the device's PUBREL may come
+                 * later): written again, and made durable. */
+                for (unsigned i = 0; i < s->n_held; i++) {
+                        int r = spool_write_pid(s, SPOOL_PID_HOLD, s->held[i], 0);
+                        if (r < 0)
+                                return r;
+                }
+                if (s->n_held > 0) {
+                        int r = spool_sync(s);
+                        if (r < 0)
+                                return r;
+                }
         }
         return spool_write_acked(s, seq);
 }
@@ -730,10 +937,12 @@ void spool_close(struct spool *s)
                 (void) spool_sync(s);
                 close(s->fd);
         }
-        if (spool_pending(s) == 0)
+        if (spool_pending(s) == 0 && s->n_held == 0)
                 (void) unlink(s->path);
         spool_meta_clear(&s->meta);
         free(s->skips);
+        free(s->held);
+        free(s->pins);
         free(s->path);
         free(s);
 }

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "spool_codec.h"
@@ -53,9 +54,21 @@ static uint64_t get64(const uint8_t *p)
         return ((uint64_t) get32(p) << 32) | get32(p + 4);
 }
 
+/* One flag at most; a release names no message, the others do. */
+static bool spool_pid_flags_valid(const struct spool_record *r)
+{
+        if (r->pid == 0)
+                return false;
+        if (r->qos == SPOOL_PID_RELEASE)
+                return r->seq == 0;
+        if (r->qos == SPOOL_PID_HOLD)
+                return true; /* seq 0: held, its message gone already */
+        return (r->qos == 0 || r->qos == SPOOL_PID_SENT_REL) && r->seq != 0;
+}
+
 static size_t body_len(const struct spool_record *r)
 {
-        if (r->type == SPOOL_ACKED)
+        if (r->type == SPOOL_ACKED || r->type == SPOOL_PID)
                 return 12;
         return 12 + 2 + (size_t) r->topic_len + 4 + r->payload_len;
 }
@@ -70,9 +83,11 @@ int spool_record_encode(uint8_t *buf, size_t cap, const struct spool_record *r)
         size_t blen, len;
         uint8_t *b;
 
-        if (r->type != SPOOL_MESSAGE && r->type != SPOOL_ACKED && r->type != SPOOL_META)
+        if (r->type != SPOOL_MESSAGE && r->type != SPOOL_ACKED && r->type != SPOOL_META && r->type != SPOOL_PID)
                 return -EINVAL;
         if (r->type == SPOOL_MESSAGE ? r->qos > 2 : r->type == SPOOL_META && r->qos > 0x1f)
+                return -EINVAL;
+        if (r->type == SPOOL_PID && !spool_pid_flags_valid(r))
                 return -EINVAL;
         blen = body_len(r);
         if (blen > SPOOL_MAX_BODY)
@@ -86,8 +101,10 @@ int spool_record_encode(uint8_t *buf, size_t cap, const struct spool_record *r)
         b[1] = r->type != SPOOL_ACKED ? r->qos : 0;
         b[2] = r->type == SPOOL_MESSAGE && r->retain;
         b[3] = 0;
+        if (r->type == SPOOL_PID)
+                put16(b + 2, r->pid);
         put64(b + 4, r->seq);
-        if (r->type != SPOOL_ACKED) {
+        if (r->type != SPOOL_ACKED && r->type != SPOOL_PID) {
                 put16(b + 12, r->topic_len);
                 if (r->topic_len)
                         memcpy(b + 14, r->topic, r->topic_len);
@@ -124,6 +141,11 @@ int spool_record_decode(const uint8_t *buf, size_t len, struct spool_record *r, 
         r->seq = get64(b + 4);
         if (r->type == SPOOL_ACKED) {
                 if (blen != 12 || b[1] || b[2] || b[3])
+                        return -EBADMSG;
+        } else if (r->type == SPOOL_PID) {
+                r->qos = b[1];
+                r->pid = get16(b + 2);
+                if (blen != 12 || !spool_pid_flags_valid(r))
                         return -EBADMSG;
         } else if (r->type == SPOOL_MESSAGE || r->type == SPOOL_META) {
                 if (b[1] > (r->type == SPOOL_MESSAGE ? 2 : 0x1f) || b[2] > 1 || b[3] || blen < 18)

@@ -440,6 +440,116 @@ static void test_find_magic_and_no_symlinks(void **state)
         assert_int_equal(spool_open(dir, "linked", 0, &s), -ELOOP);
 }
 
+/* ---- the device's QoS 2 ids (PID records) ---- */
+
+static void test_pid_record_codec(void **state)
+{
+        struct spool_record in = { .type = SPOOL_PID, .qos = SPOOL_PID_HOLD, .pid = 0xbeef, .seq = 7 }, out;
+        uint8_t buf[64];
+        size_t used;
+        (void) state;
+
+        int n = spool_record_encode(buf, sizeof buf, &in);
+        assert_int_equal(n, SPOOL_HEADER_LEN + 12);
+        assert_int_equal(spool_record_decode(buf, (size_t) n, &out, &used), 1);
+        assert_int_equal(out.type, SPOOL_PID);
+        assert_int_equal(out.qos, SPOOL_PID_HOLD);
+        assert_int_equal(out.pid, 0xbeef);
+        assert_true(out.seq == 7);
+        /* no id 0 (§2.3.1), one flag at most, a release names no message */
+        in.pid = 0;
+        assert_int_equal(spool_record_encode(buf, sizeof buf, &in), -EINVAL);
+        in = (struct spool_record){ .type = SPOOL_PID, .qos = SPOOL_PID_HOLD | SPOOL_PID_RELEASE, .pid = 1, .seq = 1 };
+        assert_int_equal(spool_record_encode(buf, sizeof buf, &in), -EINVAL);
+        in = (struct spool_record){ .type = SPOOL_PID, .qos = SPOOL_PID_RELEASE, .pid = 1, .seq = 1 };
+        assert_int_equal(spool_record_encode(buf, sizeof buf, &in), -EINVAL);
+        in.seq = 0;
+        assert_int_equal(spool_record_encode(buf, sizeof buf, &in), SPOOL_HEADER_LEN + 12);
+}
+
+/* A QoS 2 id the bridge PUBREC'd itself stays held across a reopen (a new
+ * connection, a restart) until released, also once its message was
+ * delivered; the file stays for it, and messages appended after a drain
+ * are not taken for acknowledged. */
+static void test_held_ids_survive(void **state)
+{
+        struct spool *s;
+        struct spool_msg *m;
+        uint64_t seq;
+        (void) state;
+
+        assert_int_equal(spool_open(dir, "held", 0, &s), 0);
+        assert_int_equal(spool_append_pid(s, 2, false, "t", "a", 1, 7, true, &seq), 0);
+        assert_int_equal(spool_append_pid(s, 2, false, "t", "b", 1, 8, false, &seq), 0);
+        assert_int_equal(spool_append(s, 1, false, "t", "c", 1, &seq), 0);
+        assert_true(spool_held(s, 7) && !spool_held(s, 8));
+        assert_true(spool_pinned(s, 7) && spool_pinned(s, 8));
+        spool_close(s);
+
+        assert_int_equal(spool_open(dir, "held", 0, &s), 0);
+        assert_true(spool_held(s, 7));
+        assert_int_equal(spool_held_count(s), 1);
+        assert_int_equal(spool_read_next(s, &m), 1);
+        assert_int_equal(m->pid, 7);
+        assert_false(m->sent_rel);
+        assert_int_equal(spool_mark_sent_rel(s, m->seq, 7), 0);
+        free(m);
+        assert_int_equal(spool_read_next(s, &m), 1);
+        assert_int_equal(m->pid, 8);
+        free(m);
+        assert_int_equal(spool_read_next(s, &m), 1);
+        assert_int_equal(m->pid, 0);
+        free(m);
+        /* delivered, all of them: 7 is still held, the file stays */
+        assert_int_equal(spool_ack_through(s, 3), 0);
+        assert_int_equal(spool_pending(s), 0);
+        assert_false(spool_pinned(s, 7));
+        spool_close(s);
+
+        assert_int_equal(spool_open(dir, "held", 0, &s), 0);
+        assert_true(spool_held(s, 7));
+        assert_int_equal(spool_pending(s), 0);
+        assert_int_equal(spool_append(s, 1, false, "t", "d", 1, &seq), 0);
+        spool_close(s);
+        assert_int_equal(spool_open(dir, "held", 0, &s), 0);
+        assert_int_equal(spool_pending(s), 1);
+        assert_int_equal(spool_read_next(s, &m), 1);
+        assert_memory_equal(m->payload, "d", 1);
+        assert_int_equal(spool_ack_through(s, m->seq), 0);
+        free(m);
+        assert_int_equal(spool_release(s, 7), 0);
+        assert_false(spool_held(s, 7));
+        spool_close(s);
+
+        /* nothing pending, nothing held: the file is gone */
+        char *path = spool_path(dir, "held");
+        assert_int_equal(access(path, F_OK), -1);
+        free(path);
+}
+
+/* A replay whose PUBREL went keeps that mark for the next reader. */
+static void test_sent_rel_survives(void **state)
+{
+        struct spool *s;
+        struct spool_msg *m;
+        uint64_t seq;
+        (void) state;
+
+        assert_int_equal(spool_open(dir, "rel", 0, &s), 0);
+        assert_int_equal(spool_append_pid(s, 2, false, "t", "a", 1, 3, true, &seq), 0);
+        assert_int_equal(spool_mark_sent_rel(s, seq, 3), 0);
+        assert_int_equal(spool_release_all(s), 0);
+        spool_close(s);
+        assert_int_equal(spool_open(dir, "rel", 0, &s), 0);
+        assert_int_equal(spool_held_count(s), 0);
+        assert_int_equal(spool_read_next(s, &m), 1);
+        assert_true(m->sent_rel);
+        assert_int_equal(m->pid, 3);
+        assert_int_equal(spool_ack_through(s, m->seq), 0);
+        free(m);
+        spool_close(s);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -453,6 +563,9 @@ int main(void)
                 cmocka_unit_test(test_damaged_last_record_is_cut_with_a_warning),
                 cmocka_unit_test(test_resync_skips_stale_copies),
                 cmocka_unit_test(test_find_magic_and_no_symlinks),
+                cmocka_unit_test(test_pid_record_codec),
+                cmocka_unit_test(test_held_ids_survive),
+                cmocka_unit_test(test_sent_rel_survives),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
