@@ -987,7 +987,7 @@ static uint64_t spool_dir_bytes(struct rm *rm)
         return sum;
 }
 
-/* The outbox moves a message the broker ended three links in a row over,
+/* The outbox moves a message the broker ended OB_STUCK_LINKS (5) links in a row over,
  * with nothing acknowledged, to <spool>.rejected (never replayed). The
  * model's links die at random, not over a message, so this may catch an
  * innocent one: it is reported and excused, not counted as lost. */

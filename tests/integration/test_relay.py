@@ -351,14 +351,14 @@ class TestSubscriptionLimit(RelayBase):
 
 class TestRejectedRecord(RelayBase):
     """A spooled message the broker closes the connection over, every time,
-    is moved aside after three tries; the messages behind it go on."""
+    is moved aside after five tries; the messages behind it go on."""
 
     mosquitto_extra = ("max_packet_size 1500",)
     persistence = True
 
     def test_poison_message_moved_aside(self):
         # Persistent: the subscription and its queue survive the restart.
-        sub = self.mosquitto.sub("poison/#", 2, timeout=60, extra=["-c", "-i", "obs-poison"])
+        sub = self.mosquitto.sub("poison/#", 2, timeout=150, extra=["-c", "-i", "obs-poison"])
         self.mosquitto.stop()
         try:
             c = self.raw_connected("sensor-1", "sensor-1", clean=False)
@@ -369,7 +369,8 @@ class TestRejectedRecord(RelayBase):
             c.close()
         finally:
             self.mosquitto.start()
-        self.bridge.wait_log(r'message \d+ \(topic "poison/b"\) was sent; it is moved to \S+\.rejected', 60)
+        # five links with back-off 1, 2, 4, 8 s in between
+        self.bridge.wait_log(r'message \d+ \(topic "poison/b"\) was sent; it is moved to \S+\.rejected', 120)
         self.assertEqual(sub.result(60), ["poison/a A", "poison/c C"])
         rejected = [f for f in os.listdir(os.path.join(self.tmp, "spool")) if f.endswith(".rejected")]
         self.assertEqual(len(rejected), 1)
