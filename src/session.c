@@ -572,6 +572,10 @@ void session_close(struct session *s, enum log_level level, const char *reason)
                 (void) session_write_out(s, why, sizeof why);
         }
         tls_conn_shutdown(&s->tls);
+        /* Gone before the broker accepted it: an older connection of the
+         * device that it was to take over carries on. */
+        if (s->state == S_UPLINK_CONNECTING || s->state == S_FLUSHING)
+                session_takeover_failed(s);
         s->state = S_CLOSED;
         /* The uplink goes now, not when reaped: with DISCONNECT after the
          * device's own, without it otherwise (the will fires, §3.1.2.5, and

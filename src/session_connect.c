@@ -79,7 +79,7 @@ static void session_take_over(struct session *s)
 }
 
 /* The new connection did not make it: the older ones carry on. */
-static void session_takeover_failed(struct session *s)
+void session_takeover_failed(struct session *s)
 {
         for (struct session *o = s->b->sessions; o; o = o->sessions_next)
                 if (same_client(s, o) && o->superseded) {

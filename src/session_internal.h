@@ -132,6 +132,7 @@ void session_on_connect(struct session *s, const struct mqtt_connect *c);
 int session_connect_uplink(struct session *s, const char **why);
 void session_close_uplink(struct session *s, bool graceful);
 void session_release_outbox(struct session *s);
+void session_takeover_failed(struct session *s);
 
 /* session_up.c */
 extern const struct outbox_ops session_outbox_ops;
