@@ -116,11 +116,13 @@ class TestStoreAndForward(ReliabilityCase):
         self.mosquitto.stop()
         try:
             # a device that only listens, subscribing while the broker is away
+            offline_since = self.bridge.log_size()
             listener = self.device("sensor-2").start(*self.creds("sensor-2"), "--sub", "sf-cmd/2:1",
                                                      "--expect", "1", "--timeout", "40")
             # ...and is connected before the broker comes back (under
             # qemu-user it can take longer to start than sensor-1 to run)
-            self.bridge.wait_log(r'upstream broker unreachable: device accepted.*cn="sensor-2"')
+            self.bridge.wait_log(r'upstream broker unreachable: device accepted.*cn="sensor-2"',
+                                 since=offline_since)
             r = self.device("sensor-1").run(*self.creds("sensor-1"), "--count", "5", "--topic",
                                             "sf/sensor-1", "--qos", "1", timeout=30)
             self.assertEqual(r.rc, 0, r)

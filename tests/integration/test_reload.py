@@ -20,7 +20,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from harness import BridgeTestCase, wait_for  # noqa: E402
+from harness import BridgeTestCase, read_until, wait_for  # noqa: E402
 
 
 def set_key(conf, section, key, value):
@@ -92,11 +92,14 @@ class ReloadCase(BridgeTestCase):
         dev = self.device(name).start(*self.creds(name), "--sub", "%s:1" % topic, "--expect", str(expect),
                                       "--timeout", "40")
         self.bridge.wait_log(r'client_id="%s"' % name, 10)
-        time.sleep(0.7)  # its SUBSCRIBE reaches the broker
+        # its SUBSCRIBE reached the broker once it has the SUBACK; what it
+        # printed until then goes back in front of its output
+        dev.early_out = read_until(dev, r"^suback ", 10)
         return dev
 
     def finish(self, dev):
         out, err = dev.communicate(timeout=60)
+        out = getattr(dev, "early_out", "") + out
         self.assertEqual(dev.returncode, 0, out + err)
         return out
 
@@ -168,8 +171,8 @@ def revoke_and_reload(case, name):
     crt, _ = case.pki.device(name)
     case.pki.ca.revoke(crt)
     set_key(case.bridge.conf, "listener", "crlfile", case.pki.ca.crl())
-    # The line about connected devices comes after "configuration reloaded".
-    return case.reload(expect=r"reload: CA or CRL changed")
+    # the trust line comes after "configuration reloaded": wait for it
+    return case.reload(expect=r"reload: CA or CRL changed; .*\n")
 
 
 class TestRevokeConnected(ReloadCase):
@@ -195,6 +198,7 @@ class TestRevokeConnected(ReloadCase):
                               r"reason=\"certificate no longer verifies after reload: certificate revoked\"")
         # Really gone: edge-device saw the connection end.
         out, err = revoked.communicate(timeout=30)
+        out = revoked.early_out + out
         self.assertNotEqual(revoked.returncode, 0, out + err)
         self.assertNotIn("payload=", out)
         # The other one (same CA, not revoked) published all of them, in order.
