@@ -34,7 +34,6 @@ import re
 import shutil
 import signal
 import socket
-import ssl
 import sys
 import tempfile
 import threading
