@@ -351,25 +351,47 @@ class TestFaultSoak(unittest.TestCase):
         self.wait_recovered("the start")
 
         # -- the faults, in turn ------------------------------------------
-        for i in range(2 * FAULTS):
+        # kill, stop, kill, stop...; now and then a kill falls inside the
+        # broker's outage (the spool, acknowledged and fsync'd, must survive
+        # the crash and be replayed by the next process)
+        schedule = ["kill" if i % 2 == 0 else "stop" for i in range(2 * FAULTS)]
+        i = 1
+        while i < len(schedule):
+            if schedule[i] == "stop" and i + 1 < len(schedule) and rng.random() < 0.3:
+                schedule[i:i + 2] = ["stop+kill"]
+            i += 1
+        n = 0
+        for kind in schedule:
             self.assertLess(soak.now(), HARD_LIMIT - 90, "the faults took too long")
             soak.done.wait(rng.uniform(0.3, 5.0))  # the schedule, not a check
             self.assertBridgeAlive()
-            if i % 2 == 0:
-                soak.event("fault %d: bridge killed (-9)" % (i + 1))
+            if kind == "kill":
+                n += 1
+                soak.event("fault %d: bridge killed (-9)" % n)
                 self.bridge.kill()
                 soak.done.wait(rng.uniform(0.05, 1.0))
                 self.bridge.start()
                 soak.event("bridge restarted")
             else:
-                soak.event("fault %d: broker stopped (SIGTERM)" % (i + 1))
+                n += 1
+                soak.event("fault %d: broker stopped (SIGTERM)" % n)
                 self.mosquitto.stop(signal.SIGTERM)
                 if rng.random() < 0.5:  # a device leaves its spool behind
                     rng.choice(self.devices).drop_now.set()
                 soak.done.wait(rng.uniform(0.2, 3.0))
+                if kind == "stop+kill":
+                    self.assertBridgeAlive()
+                    n += 1
+                    soak.event("fault %d: bridge killed (-9) while the broker is away" % n)
+                    self.bridge.kill()
+                    soak.done.wait(rng.uniform(0.05, 1.0))
+                    self.bridge.start()
+                    soak.event("bridge restarted")
+                    # the devices reconnect to it, offline, and spool again
+                    soak.done.wait(rng.uniform(0.2, 2.0))
                 self.mosquitto.start()
                 soak.event("broker restarted")
-            self.wait_recovered("fault %d" % (i + 1))
+            self.wait_recovered("fault %d" % n)
             for cl in self.clients:
                 self.assertFalse(cl.errors, "%s: %s" % (cl.name, cl.errors))
 
