@@ -530,13 +530,23 @@ class TestFaultSoak(unittest.TestCase):
             before = [e for e in self.soak.events if e[1] <= acked_at]
             print("# LOST %s %s seq=%d packet ids %s, acknowledged at %.3f, after: %s"
                   % (direction, dev, seq, pids, acked_at, before[-1][2] if before else "-"), flush=True)
+            # the broker's side of it: the PUBLISH it received under that
+            # packet id and its PUBACK (every use of the id: it is reused)
             sender = dev if direction == "up" else "soak-commander"
+            topic = ("soak/dev/" if direction == "up" else "soak/cmd/") + dev
             for pid in pids or ():
-                rx = re.compile(r"(from|to) %s(/\S+)? .*\bm%d\b" % (re.escape(sender), pid))
-                hits = [l for l in mlog if rx.search(l)]
-                for l in hits[-6:]:
+                rx = re.compile(r"Received PUBLISH from %s \(d\d, q\d, r\d, m%d, '%s'|Sending PUBACK to %s \(m%d,"
+                                % (re.escape(sender), pid, re.escape(topic), re.escape(sender), pid))
+                # ids are reused: only the lines near the acknowledgement
+                hits = [l for l in mlog if rx.search(l) and l.split(":", 1)[0].isdigit()
+                        and abs(int(l.split(":", 1)[0]) - acked_at) < 30]
+                if not hits:
+                    print("# mosquitto: nothing under m%d near it (a spooled message goes upstream "
+                          "under an id of the bridge's, counted down from 65535)" % pid)
+                for l in hits[-8:]:
                     print("# mosquitto: " + l)
-            near = [l for l in blog if dev in l and re.search(r"warn|error|spool|replay|lost", l)]
+            near = [l for l in blog if dev in l and "expires in" not in l
+                    and re.search(r"warn|error|spool|replay|lost", l)]
             for l in near[-15:]:
                 print("# bridge: " + l)
         if len(losses) > 10:
