@@ -9,7 +9,8 @@
 
 #include "tls_conn.h"
 
-int tls_conn_init(struct tls_conn *c, SSL_CTX *ctx, int fd)
+/* A new SSL on fd, either side. */
+static int tls_conn_new(struct tls_conn *c, SSL_CTX *ctx, int fd)
 {
         memset(c, 0, sizeof *c);
         c->fd = fd;
@@ -17,6 +18,13 @@ int tls_conn_init(struct tls_conn *c, SSL_CTX *ctx, int fd)
         if (!c->ssl)
                 return -ENOMEM;
         SSL_set_fd(c->ssl, fd);
+        return 0;
+}
+
+int tls_conn_init(struct tls_conn *c, SSL_CTX *ctx, int fd)
+{
+        if (tls_conn_new(c, ctx, fd) < 0)
+                return -ENOMEM;
         SSL_set_accept_state(c->ssl);
         tls_server_attach_verify_info(c->ssl, &c->verify);
         return 0;
@@ -26,12 +34,8 @@ int tls_conn_init_client(struct tls_conn *c, SSL_CTX *ctx, int fd, const char *n
 {
         unsigned char addr[16];
 
-        memset(c, 0, sizeof *c);
-        c->fd = fd;
-        c->ssl = SSL_new(ctx);
-        if (!c->ssl)
+        if (tls_conn_new(c, ctx, fd) < 0)
                 return -ENOMEM;
-        SSL_set_fd(c->ssl, fd);
         SSL_set_connect_state(c->ssl);
         SSL_set_mode(c->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
         /* A renegotiation the server starts would make SSL_write wait for
