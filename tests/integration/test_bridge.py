@@ -42,11 +42,12 @@ class TestHeadline(BridgeTestCase):
 
     def test_command_from_main_broker_reaches_device(self):
         dev = self.device("sensor-2").start(*self.creds("sensor-2"), "--sub", "cmd/sensor-2:1",
-                                            "--expect", "1", "--timeout", "10")
-        self.bridge.wait_log(r'SUBSCRIBE|device connected.*sensor-2|client_id="sensor-2"', 10)
-        time.sleep(0.5)
+                                            "--expect", "1", "--timeout", "30")
+        # the broker has the subscription once the device has its SUBACK
+        early = read_until(dev, r"^suback ", 20)
         self.mosquitto.pub("cmd/sensor-2", "led=on", qos=1)
-        out, err = dev.communicate(timeout=15)
+        out, err = dev.communicate(timeout=40)
+        out = early + out
         self.assertEqual(dev.returncode, 0, out + err)
         self.assertIn("message topic=cmd/sensor-2 qos=1 retain=0 dup=0 payload=led=on", out)
 
