@@ -38,6 +38,10 @@ struct bridge_stats {
         uint64_t closed_first_byte_timeout; /* no TLS byte within first_byte_timeout */
         uint64_t closed_idle_evicted;      /* no TLS byte yet, closed to make room (max_handshakes) */
         uint64_t refused_accept_errors;  /* accept() failed: out of descriptors or memory */
+        uint64_t proxy_headers;            /* PROXY protocol headers accepted */
+        uint64_t refused_proxy_untrusted;  /* proxy_protocol on, peer not in proxy_from */
+        uint64_t refused_proxy_header;     /* proxy_protocol on, header missing or invalid */
+        uint64_t refused_proxy_unexpected; /* proxy_protocol off, a PROXY header came */
         uint64_t refused_connack[BRIDGE_CONNACK_CODES]; /* by CONNACK return code 1..5 sent to refuse */
         uint64_t handshakes_full;
         uint64_t handshakes_resumed;

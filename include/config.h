@@ -13,9 +13,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proxy_proto.h"
+
 #define CONFIG_MAX_BIND 4
 /* certfile/keyfile pairs given in the file (certdir may hold more). */
 #define CONFIG_MAX_CERTS 16
+#define CONFIG_MAX_PROXY_FROM 16
 
 enum config_username_mode {
         USERNAME_FROM_DEVICE = 0, /* what the device sent; the CN if none (default) */
@@ -72,6 +75,9 @@ struct config_listener {
         unsigned first_byte_timeout;  /* seconds before the first TLS byte, default 3 (capped by handshake_timeout) */
         unsigned session_cache_size;  /* TLS sessions, default 1024 (0 = off) */
         unsigned session_timeout;     /* seconds, default 86400 */
+        enum proxy_version proxy_protocol; /* PROXY header before TLS: off (default), v1, v2 */
+        struct proxy_net proxy_from[CONFIG_MAX_PROXY_FROM]; /* who may send it; required when on */
+        size_t n_proxy_from;
 };
 
 struct config_upstream {

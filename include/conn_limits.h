@@ -60,6 +60,13 @@ int conn_limits_add(struct conn_limits *cl, int fd, const struct sockaddr *addr)
  * fd is ignored. */
 void conn_limits_handshake_done(struct conn_limits *cl, int fd);
 
+/* fd's connection turned out to come from addr (a PROXY protocol header
+ * named the device behind a balancer): its count moves from the address
+ * it was added with to addr, its handshake state stays. Returns 0;
+ * -ENOENT for an unknown fd; -EAFNOSUPPORT, -ENOMEM (fd then no longer
+ * counts at all, as after conn_limits_remove). With cl NULL, returns 0. */
+int conn_limits_readdress(struct conn_limits *cl, int fd, const struct sockaddr *addr);
+
 /* fd is being closed: it no longer counts at all. Idempotent; NULL-safe;
  * an unknown fd is ignored. Call before close(2), as the number can be
  * reused at once. */

@@ -46,6 +46,8 @@ enum key_type {
         KEY_HOST,       /* upstream host: name, IP or absolute socket path */
         KEY_IP,         /* one IPv4/IPv6 literal, "" = unset */
         KEY_BIND_LIST,  /* listener bind_address list */
+        KEY_PROXY_PROTOCOL, /* off|v1|v2 */
+        KEY_NET_LIST,   /* ADDR/PREFIX ... (proxy_from) */
         KEY_U16,
         KEY_UINT,
         KEY_SIZE,
@@ -75,6 +77,7 @@ enum {
         K_L_TLSVER, K_L_CIPHERS, K_L_CIPHERSUITES, K_L_HS_TIMEOUT, K_L_CACHE, K_L_SESS_TIMEOUT,
         K_L_FIRST_BYTE, K_L_REVOKE,
         K_L_CERTDIR, K_L_DEFAULT_NAME, K_L_MAX_SEND_FRAG, K_L_EXPIRY_DAYS,
+        K_L_PROXY, K_L_PROXY_FROM,
         K_U_HOST, K_U_PORT, K_U_CAFILE, K_U_CAPATH, K_U_CERTFILE, K_U_KEYFILE, K_U_SERVER_NAME,
         K_U_TLSVER, K_U_CIPHERS, K_U_BIND, K_U_CONN_TIMEOUT,
         K_B_PREFIX, K_B_USERMODE, K_B_USERNAME, K_B_PASSMODE, K_B_PASSWORD, K_B_MOUNTPOINT,
@@ -108,6 +111,8 @@ static const struct key_desc keys[N_KEYS] = {
         [K_L_REVOKE] = { "listener", "revoke_connected", KEY_BOOL, OFF(listener.revoke_connected), 0, 0, false },
         [K_L_CACHE] = { "listener", "session_cache_size", KEY_UINT, OFF(listener.session_cache_size), 0, 1000000, false },
         [K_L_SESS_TIMEOUT] = { "listener", "session_timeout", KEY_UINT, OFF(listener.session_timeout), 1, 2592000, false },
+        [K_L_PROXY] = { "listener", "proxy_protocol", KEY_PROXY_PROTOCOL, OFF(listener.proxy_protocol), 0, 0, false },
+        [K_L_PROXY_FROM] = { "listener", "proxy_from", KEY_NET_LIST, OFF(listener.proxy_from), 0, 0, false },
 
         [K_U_HOST] = { "upstream", "host", KEY_HOST, OFF(upstream.host), 0, 0, false },
         [K_U_PORT] = { "upstream", "port", KEY_U16, OFF(upstream.port), 1, 65535, false },
@@ -337,6 +342,43 @@ out:
         return r;
 }
 
+/* proxy_from: networks separated by spaces or commas. */
+static int parse_net_list(struct load_state *st, const struct key_desc *k, const char *value)
+{
+        struct config_listener *l = &st->cfg->listener;
+        struct proxy_net nets[CONFIG_MAX_PROXY_FROM];
+        size_t n = 0;
+        const char *p = value;
+
+        for (;;) {
+                char item[INET6_ADDRSTRLEN + 8];
+                const char *why = NULL;
+                size_t len;
+
+                p += strspn(p, " \t,");
+                if (!*p)
+                        break;
+                len = strcspn(p, " \t,");
+                if (n == CONFIG_MAX_PROXY_FROM)
+                        return fail(st, -EINVAL, st->line, k, "more than %d networks", CONFIG_MAX_PROXY_FROM);
+                if (len >= sizeof item)
+                        return fail(st, -EINVAL, st->line, k, "'%.*s...' is too long for ADDR/PREFIX",
+                                    (int) (sizeof item - 1), p);
+                memcpy(item, p, len);
+                item[len] = '\0';
+                if (proxy_net_parse(item, &nets[n], &why) < 0)
+                        return fail(st, -EINVAL, st->line, k, "'%s': %s", item, why);
+                n++;
+                p += len;
+        }
+        if (n == 0)
+                return fail(st, -EINVAL, st->line, k,
+                            "empty (give the balancer's addresses, e.g. 127.0.0.1/32 or 10.0.0.0/24)");
+        memcpy(l->proxy_from, nets, n * sizeof nets[0]);
+        l->n_proxy_from = n;
+        return 0;
+}
+
 static int set_value(struct load_state *st, const struct key_desc *k, const char *value)
 {
         void *f = field(st->cfg, k->offset);
@@ -365,6 +407,18 @@ static int set_value(struct load_state *st, const struct key_desc *k, const char
                 return set_string(f, value, true);
         case KEY_BIND_LIST:
                 return parse_bind_list(st, k, value);
+        case KEY_NET_LIST:
+                return parse_net_list(st, k, value);
+        case KEY_PROXY_PROTOCOL:
+                if (strcmp(value, "off") == 0)
+                        *(enum proxy_version *) f = PROXY_NONE;
+                else if (strcmp(value, "v1") == 0)
+                        *(enum proxy_version *) f = PROXY_V1;
+                else if (strcmp(value, "v2") == 0)
+                        *(enum proxy_version *) f = PROXY_V2;
+                else
+                        return fail(st, -EINVAL, st->line, k, "'%s' is not one of off, v1, v2", value);
+                return 0;
         case KEY_U16:
         case KEY_UINT:
         case KEY_SIZE: {
@@ -700,6 +754,16 @@ static int validate(struct load_state *st)
         r = check_path(st, K_U_CAPATH, true);
         if (r < 0)
                 return r;
+
+        /* A balancer's header is believed only from the balancer. */
+        if (cfg->listener.proxy_protocol != PROXY_NONE && cfg->listener.n_proxy_from == 0)
+                return fail(st, -EINVAL, st->seen[K_L_PROXY], &keys[K_L_PROXY],
+                            "%s needs proxy_from (the load balancer's addresses, ADDR/PREFIX): "
+                            "anyone else could claim any device address",
+                            proxy_version_to_string(cfg->listener.proxy_protocol));
+        if (cfg->listener.proxy_protocol == PROXY_NONE && cfg->listener.n_proxy_from)
+                return fail(st, -EINVAL, st->seen[K_L_PROXY_FROM], &keys[K_L_PROXY_FROM],
+                            "set, but only used with proxy_protocol = v1 or v2");
 
         /* [upstream] */
         if (!cfg->upstream.certfile != !cfg->upstream.keyfile) {

@@ -263,6 +263,29 @@ void conn_limits_remove(struct conn_limits *cl, int fd)
         cl->connections--;
 }
 
+int conn_limits_readdress(struct conn_limits *cl, int fd, const struct sockaddr *addr)
+{
+        struct fd_rec *rec = fd_find(cl, fd);
+        uint8_t family = 0, key[16];
+        bool handshaking;
+        int r;
+
+        if (!cl)
+                return 0;
+        if (!rec)
+                return -ENOENT;
+        if (!addr_key(addr, &family, key))
+                return -EAFNOSUPPORT;
+        handshaking = rec->handshaking;
+        conn_limits_remove(cl, fd);
+        r = conn_limits_add(cl, fd, addr);
+        if (r < 0)
+                return r;
+        if (!handshaking)
+                conn_limits_handshake_done(cl, fd);
+        return 0;
+}
+
 unsigned conn_limits_connections(const struct conn_limits *cl)
 {
         return cl ? cl->connections : 0;

@@ -15,20 +15,36 @@
 #include "list.h"
 #include "listener.h"
 #include "log.h"
+#include "proxy_proto.h"
 #include "session.h"
 
 /* An accepted socket that has not sent its first byte yet. It gets no
  * session (no SSL object, no buffers) until it does, and only
  * first_byte_timeout to do so: a device sends its ClientHello right after
- * the TCP handshake, an idle socket is a probe or an attack. */
+ * the TCP handshake, an idle socket is a probe or an attack.
+ *
+ * Behind a balancer ([listener] proxy_protocol = v1|v2), the first bytes
+ * are its PROXY header instead, which must be complete within the same
+ * time; the header is read (peeked, then exactly its length consumed, so
+ * the ClientHello stays in the socket) and the session gets the device's
+ * own address from it. */
 struct waiting {
         struct listener *l;
         LIST_FIELDS(struct waiting, waiting);
         int fd;
+        enum proxy_version want;  /* the header expected first; PROXY_NONE: TLS */
         struct sockaddr_storage ss;
         socklen_t len;
         uint64_t deadline;        /* CLOCK_MONOTONIC usec */
         sd_event_source *io;
+};
+
+/* Log rate limiting slots: enum conn_verdict's four, then these. */
+enum {
+        REFUSAL_PROXY_UNTRUSTED = 4,  /* proxy_protocol on, peer not in proxy_from */
+        REFUSAL_PROXY_HEADER,         /* missing, invalid or wrong-version header */
+        REFUSAL_PROXY_UNEXPECTED,     /* a header while proxy_protocol = off */
+        REFUSAL_SLOTS,
 };
 
 struct listener {
@@ -44,7 +60,7 @@ struct listener {
                 uint64_t window_usec; /* start of the current one-second window */
                 unsigned logged;      /* lines in it */
                 unsigned suppressed;  /* refusals not logged since the last line */
-        } refusal_logs[4];        /* by enum conn_verdict */
+        } refusal_logs[REFUSAL_SLOTS]; /* by enum conn_verdict, then the PROXY reasons */
 };
 
 static uint64_t listener_now(const struct listener *l)
@@ -59,12 +75,12 @@ static uint64_t listener_now(const struct listener *l)
  * full count, and the next line says how many went unlogged). */
 #define REFUSAL_LOG_BURST 10
 
-static void listener_log_refusal(struct listener *l, enum conn_verdict v, const struct sockaddr *sa)
+/* May a refusal line for this slot be logged now? Logs how many were
+ * not, first, under the given fields. */
+static bool listener_log_allowed(struct listener *l, unsigned slot, const struct log_fields *f)
 {
-        struct bridge *b = l->b;
-        struct refusal_log *rl = &l->refusal_logs[v];
+        struct refusal_log *rl = &l->refusal_logs[slot];
         uint64_t now = listener_now(l);
-        char peer[INET6_ADDRSTRLEN + 8];
 
         if (now >= rl->window_usec + 1000000ULL) {
                 rl->window_usec = now;
@@ -72,16 +88,26 @@ static void listener_log_refusal(struct listener *l, enum conn_verdict v, const 
         }
         if (rl->logged >= REFUSAL_LOG_BURST) {
                 rl->suppressed++;
-                return;
+                return false;
         }
         rl->logged++;
-        log_format_peer(peer, sizeof peer, sa);
-        struct log_fields f = { .peer = peer, .reason = conn_verdict_to_string(v) };
         if (rl->suppressed) {
-                log_msg(LOG_LEVEL_WARNING, &f, "%u more connection%s refused for %s, not logged",
-                        rl->suppressed, rl->suppressed == 1 ? "" : "s", conn_verdict_to_string(v));
+                log_msg(LOG_LEVEL_WARNING, f, "%u more connection%s refused for %s, not logged",
+                        rl->suppressed, rl->suppressed == 1 ? "" : "s", f->reason);
                 rl->suppressed = 0;
         }
+        return true;
+}
+
+static void listener_log_refusal(struct listener *l, enum conn_verdict v, const struct sockaddr *sa)
+{
+        struct bridge *b = l->b;
+        char peer[INET6_ADDRSTRLEN + 8];
+
+        log_format_peer(peer, sizeof peer, sa);
+        struct log_fields f = { .peer = peer, .reason = conn_verdict_to_string(v) };
+        if (!listener_log_allowed(l, v, &f))
+                return;
         switch (v) {
         case CONN_REFUSE_PER_ADDRESS:
                 log_msg(LOG_LEVEL_WARNING, &f, "connection refused: %u connections from this address already "
@@ -143,10 +169,131 @@ static int listener_on_wait_timer(sd_event_source *src, uint64_t usec, void *use
         /* Bounded by the list, which max_handshakes bounds. */
         while (l->wait_head && l->wait_head->deadline <= now) {
                 l->b->stats.closed_first_byte_timeout++;
-                waiting_close(l->wait_head, "first_byte_timeout", "no TLS byte within first_byte_timeout");
+                if (l->wait_head->want != PROXY_NONE)
+                        waiting_close(l->wait_head, "first_byte_timeout",
+                                      "no complete PROXY header within first_byte_timeout");
+                else
+                        waiting_close(l->wait_head, "first_byte_timeout", "no TLS byte within first_byte_timeout");
         }
         listener_arm_wait_timer(l);
         return 0;
+}
+
+/* Hand w's socket to a new session, as coming from ss (the device). */
+static void waiting_start_session(struct waiting *w, const struct sockaddr_storage *from, socklen_t from_len)
+{
+        struct listener *l = w->l;
+        struct sockaddr_storage ss = *from;
+        socklen_t len = from_len;
+        int fd = w->fd;
+
+        waiting_free(w, false); /* removes fd from epoll before the session adds it */
+        if (session_new(l->b, fd, (struct sockaddr *) &ss, len) < 0)
+                conn_limits_remove(l->b->conn_limits, fd); /* session_new closed fd */
+        listener_arm_wait_timer(l);
+}
+
+/* Refuse w over its PROXY header (or the lack of one), logged with the
+ * address the connection came from (the balancer, or whoever it is). */
+static void waiting_refuse_proxy(struct waiting *w, unsigned slot, const char *what, const char *detail)
+{
+        struct listener *l = w->l;
+        char peer[INET6_ADDRSTRLEN + 8];
+
+        log_format_peer(peer, sizeof peer, (struct sockaddr *) &w->ss);
+        struct log_fields f = {
+                .peer = peer,
+                .reason = slot == REFUSAL_PROXY_UNEXPECTED ? "proxy_unexpected" : "proxy_header",
+        };
+        if (slot == REFUSAL_PROXY_UNEXPECTED)
+                l->b->stats.refused_proxy_unexpected++;
+        else
+                l->b->stats.refused_proxy_header++;
+        if (listener_log_allowed(l, slot, &f))
+                log_msg(LOG_LEVEL_WARNING, &f, "%s%s%s", what, detail ? ": " : "", detail ? detail : "");
+        waiting_free(w, true);
+        listener_arm_wait_timer(l);
+}
+
+/* proxy_protocol = v1|v2: read the header, then start the session with
+ * the device's address. Called on every EPOLLIN (edge-triggered: an
+ * incomplete header waits for more bytes, or for first_byte_timeout). */
+static void waiting_read_proxy(struct waiting *w)
+{
+        struct listener *l = w->l;
+        struct bridge *b = l->b;
+        uint8_t buf[PROXY_HEADER_MAX];
+        struct proxy_header h;
+        const char *why = NULL;
+        ssize_t n;
+        int r;
+
+        n = recv(w->fd, buf, sizeof buf, MSG_PEEK);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+                return;
+        if (n < 0) {
+                waiting_refuse_proxy(w, REFUSAL_PROXY_HEADER, "connection closed before its PROXY header",
+                                     strerror(errno));
+                return;
+        }
+        if (n == 0) {
+                waiting_refuse_proxy(w, REFUSAL_PROXY_HEADER, "connection closed before its PROXY header", NULL);
+                return;
+        }
+        r = proxy_parse(buf, (size_t) n, &h, &why);
+        if (r == 0)
+                return;         /* more to come; the deadline still runs */
+        if (r < 0) {
+                waiting_refuse_proxy(w, REFUSAL_PROXY_HEADER,
+                                     "connection refused: no valid PROXY header ([listener] proxy_protocol is on)",
+                                     why ? why : "invalid");
+                return;
+        }
+        if (h.version != w->want) {
+                waiting_refuse_proxy(w, REFUSAL_PROXY_HEADER,
+                                     h.version == PROXY_V1 ? "connection refused: a PROXY v1 header"
+                                                           : "connection refused: a PROXY v2 header",
+                                     w->want == PROXY_V1 ? "[listener] proxy_protocol = v1"
+                                                         : "[listener] proxy_protocol = v2");
+                return;
+        }
+        /* Exactly the header: what follows is the device's TLS. */
+        ssize_t m = recv(w->fd, buf, (size_t) r, 0);
+        if (m != r) {
+                waiting_refuse_proxy(w, REFUSAL_PROXY_HEADER, "cannot consume the PROXY header", NULL);
+                return;
+        }
+        b->stats.proxy_headers++;
+        if (h.local) {
+                /* The balancer's own connection (a health check): its own
+                 * address stands, and so do the limits it was admitted under. */
+                waiting_start_session(w, &w->ss, w->len);
+                return;
+        }
+
+        /* The per-address limit is the device's, now that it is known. */
+        unsigned max = b->cfg.limits.max_connections_per_address;
+        if (max && conn_limits_from(b->conn_limits, (struct sockaddr *) &h.src) >= max) {
+                b->stats.refused_per_address++;
+                listener_log_refusal(l, CONN_REFUSE_PER_ADDRESS, (struct sockaddr *) &h.src);
+                waiting_free(w, true);
+                listener_arm_wait_timer(l);
+                return;
+        }
+        if (conn_limits_readdress(b->conn_limits, w->fd, (struct sockaddr *) &h.src) < 0) {
+                waiting_free(w, true);
+                listener_arm_wait_timer(l);
+                return;
+        }
+        if (log_enabled(LOG_LEVEL_DEBUG)) {
+                char dev[INET6_ADDRSTRLEN + 8], via[INET6_ADDRSTRLEN + 8];
+                log_format_peer(dev, sizeof dev, (struct sockaddr *) &h.src);
+                log_format_peer(via, sizeof via, (struct sockaddr *) &w->ss);
+                struct log_fields f = { .peer = dev };
+                log_msg(LOG_LEVEL_DEBUG, &f, "PROXY %s header: device %s via balancer %s",
+                        proxy_version_to_string(h.version), dev, via);
+        }
+        waiting_start_session(w, &h.src, h.src_len);
 }
 
 /* The first byte (or EOF, or an error) is there: from now on it is a TLS
@@ -156,14 +303,24 @@ static int listener_on_wait_timer(sd_event_source *src, uint64_t usec, void *use
 static int waiting_on_io(sd_event_source *src, int fd, uint32_t revents, void *userdata)
 {
         struct waiting *w = userdata;
-        struct listener *l = w->l;
-        struct sockaddr_storage ss = w->ss;
-        socklen_t len = w->len;
+        uint8_t first[16];
+        ssize_t n;
 
-        waiting_free(w, false); /* removes fd from epoll before the session adds it */
-        if (session_new(l->b, fd, (struct sockaddr *) &ss, len) < 0)
-                conn_limits_remove(l->b->conn_limits, fd); /* session_new closed fd */
-        listener_arm_wait_timer(l);
+        if (w->want != PROXY_NONE) {
+                waiting_read_proxy(w);
+                return 0;
+        }
+        /* A balancer sending PROXY headers to a listener that expects
+         * none would fail the TLS handshake with a puzzling error; say
+         * what it is instead. */
+        n = recv(fd, first, sizeof first, MSG_PEEK);
+        if (n > 0 && proxy_detect(first, (size_t) n) != PROXY_NONE) {
+                waiting_refuse_proxy(w, REFUSAL_PROXY_UNEXPECTED,
+                                     "connection refused: it starts with a PROXY protocol header, but "
+                                     "[listener] proxy_protocol = off (a balancer with send-proxy?)", NULL);
+                return 0;
+        }
+        waiting_start_session(w, &w->ss, w->len);
         return 0;
 }
 
@@ -204,8 +361,30 @@ static void listener_admit(struct listener *l, int cfd, const struct sockaddr_st
 {
         struct bridge *b = l->b;
         struct conn_limits_config c = listener_limits(b);
-        enum conn_verdict v = conn_limits_check(b->conn_limits, &c, (const struct sockaddr *) ss);
+        enum proxy_version want = b->cfg.listener.proxy_protocol;
+        enum conn_verdict v;
         struct waiting *w;
+
+        if (want != PROXY_NONE) {
+                /* Only the balancer may speak first with a header: from
+                 * anyone else it would be a forged address. */
+                if (!proxy_net_match(b->cfg.listener.proxy_from, b->cfg.listener.n_proxy_from,
+                                     (const struct sockaddr *) ss)) {
+                        char peer[INET6_ADDRSTRLEN + 8];
+                        log_format_peer(peer, sizeof peer, (const struct sockaddr *) ss);
+                        struct log_fields f = { .peer = peer, .reason = "proxy_untrusted" };
+                        b->stats.refused_proxy_untrusted++;
+                        if (listener_log_allowed(l, REFUSAL_PROXY_UNTRUSTED, &f))
+                                log_msg(LOG_LEVEL_WARNING, &f, "connection refused: [listener] proxy_protocol = %s "
+                                        "and this address is not in proxy_from", proxy_version_to_string(want));
+                        close(cfd);
+                        return;
+                }
+                /* Every connection comes from the balancer: the limit per
+                 * address applies to the device's, once the header told it. */
+                c.max_per_address = 0;
+        }
+        v = conn_limits_check(b->conn_limits, &c, (const struct sockaddr *) ss);
 
         if (v == CONN_REFUSE_MAX_HANDSHAKES && listener_evict_idle(b))
                 v = conn_limits_check(b->conn_limits, &c, (const struct sockaddr *) ss);
@@ -237,6 +416,7 @@ static void listener_admit(struct listener *l, int cfd, const struct sockaddr_st
                 goto fail;
         w->l = l;
         w->fd = cfd;
+        w->want = want;
         memcpy(&w->ss, ss, len);
         w->len = len;
         {
@@ -245,7 +425,10 @@ static void listener_admit(struct listener *l, int cfd, const struct sockaddr_st
                         t = b->cfg.listener.handshake_timeout;
                 w->deadline = listener_now(l) + (uint64_t) t * 1000000ULL;
         }
-        if (sd_event_add_io(b->event, &w->io, cfd, EPOLLIN, waiting_on_io, w) < 0) {
+        /* Edge-triggered while a header is expected: it is peeked, and a
+         * partial one stays in the socket until the rest arrives. */
+        if (sd_event_add_io(b->event, &w->io, cfd, want != PROXY_NONE ? EPOLLIN | EPOLLET : EPOLLIN,
+                            waiting_on_io, w) < 0) {
                 free(w);
                 goto fail;
         }

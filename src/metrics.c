@@ -145,6 +145,15 @@ int metrics_render(const struct bridge *b, char **out, size_t *len)
         for (int i = 1; i < BRIDGE_CONNACK_CODES; i++)
                 fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"%s\"} %llu\n",
                         connack_reason[i], (unsigned long long) st->refused_connack[i]);
+        fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"proxy_untrusted\"} %llu\n",
+                (unsigned long long) st->refused_proxy_untrusted);
+        fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"proxy_header\"} %llu\n",
+                (unsigned long long) st->refused_proxy_header);
+        fprintf(f, "mqtt_edge_bridge_connections_refused_total{reason=\"proxy_unexpected\"} %llu\n",
+                (unsigned long long) st->refused_proxy_unexpected);
+        one(f, "mqtt_edge_bridge_proxy_headers_total", "counter",
+            "PROXY protocol headers accepted from the load balancer ([listener] proxy_protocol).",
+            st->proxy_headers);
 
         one(f, "mqtt_edge_bridge_tls_handshakes_in_progress", "gauge",
             "Device connections not past the TLS handshake yet (waiting for the first byte included).",
@@ -732,6 +741,12 @@ int metrics_print_status(FILE *f, const char *address, uint16_t port, bool json)
                 M("connections_refused_total{reason=\"max_connections_per_address\"}"),
                 M("idle_connections_closed_total{reason=\"first_byte_timeout\"}"),
                 M("idle_connections_closed_total{reason=\"evicted\"}"));
+        fprintf(f, "  PROXY protocol         %llu headers accepted; refused %llu untrusted address, "
+                   "%llu bad or missing header, %llu header while off\n",
+                M("proxy_headers_total"),
+                M("connections_refused_total{reason=\"proxy_untrusted\"}"),
+                M("connections_refused_total{reason=\"proxy_header\"}"),
+                M("connections_refused_total{reason=\"proxy_unexpected\"}"));
         fprintf(f, "  problems               %llu messages dropped, %llu publishes denied, %llu protocol errors, "
                    "%llu keepalive timeouts\n",
                 M("messages_dropped_total"), M("publishes_denied_total"), M("protocol_errors_total"),

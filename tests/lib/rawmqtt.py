@@ -144,7 +144,7 @@ class RawClient:
     """One TLS connection to the bridge, speaking raw bytes."""
 
     def __init__(self, port, ca, cert=None, tls_max=ssl.TLSVersion.TLSv1_2, timeout=5.0,
-                 rcvbuf=None, source=None):
+                 rcvbuf=None, source=None, preamble=None):
         self.buf = b""
         raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
@@ -153,6 +153,8 @@ class RawClient:
         if source:  # another loopback address (127.0.0.0/8), as another host would be
             raw.bind((source, 0))
         raw.connect(("127.0.0.1", port))
+        if preamble:  # bytes before TLS: a load balancer's PROXY header
+            raw.sendall(preamble)
         try:
             self.sock = client_context(ca, cert, tls_max).wrap_socket(raw)
         except BaseException:

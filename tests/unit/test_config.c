@@ -7,6 +7,7 @@
  * mkdtemp() directory: config only checks they are readable.
  */
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -553,6 +554,41 @@ static void test_bind_address(void **state)
                  "t.ini:6: [upstream] bind_address: 'eth0' is not an IPv4 or IPv6 address");
 }
 
+static void test_proxy_protocol(void **state)
+{
+        struct config cfg;
+        struct sockaddr_in lb = { .sin_family = AF_INET };
+
+        (void) state;
+        load_ok(&cfg, "");
+        assert_int_equal(cfg.listener.proxy_protocol, PROXY_NONE);
+        assert_int_equal(cfg.listener.n_proxy_from, 0);
+        config_free(&cfg);
+        load_ok(&cfg, "proxy_protocol = v2\nproxy_from = 127.0.0.1, 10.0.0.0/24 ::1\n");
+        assert_int_equal(cfg.listener.proxy_protocol, PROXY_V2);
+        assert_int_equal(cfg.listener.n_proxy_from, 3);
+        inet_pton(AF_INET, "10.0.0.77", &lb.sin_addr);
+        assert_true(proxy_net_match(cfg.listener.proxy_from, cfg.listener.n_proxy_from, (struct sockaddr *) &lb));
+        config_free(&cfg);
+        load_ok(&cfg, "proxy_protocol = v1\nproxy_from = 0.0.0.0/0\n");
+        assert_int_equal(cfg.listener.proxy_protocol, PROXY_V1);
+        config_free(&cfg);
+        load_bad("proxy_protocol = v3\n", -EINVAL,
+                 "t.ini:5: [listener] proxy_protocol: 'v3' is not one of off, v1, v2");
+        load_bad("proxy_protocol = v2\n", -EINVAL, "t.ini:5: [listener] proxy_protocol: v2 needs proxy_from");
+        load_bad("proxy_from = 127.0.0.1\n", -EINVAL,
+                 "t.ini:5: [listener] proxy_from: set, but only used with proxy_protocol = v1 or v2");
+        load_bad("proxy_protocol = v2\nproxy_from = 127.0.0.1 10.0.0.1/8\n", -EINVAL,
+                 "t.ini:6: [listener] proxy_from: '10.0.0.1/8': bits set below the prefix length");
+        load_bad("proxy_protocol = v2\nproxy_from = haproxy.lan\n", -EINVAL,
+                 "t.ini:6: [listener] proxy_from: 'haproxy.lan': not an IPv4 or IPv6 address");
+        load_bad("proxy_protocol = v2\nproxy_from = ,\n", -EINVAL, "t.ini:6: [listener] proxy_from: empty");
+        load_bad("proxy_protocol = v2\nproxy_from = 1.0.0.0/8 2.0.0.0/8 3.0.0.0/8 4.0.0.0/8 5.0.0.0/8 "
+                 "6.0.0.0/8 7.0.0.0/8 8.0.0.0/8 9.0.0.0/8 10.0.0.0/8 11.0.0.0/8 12.0.0.0/8 13.0.0.0/8 "
+                 "14.0.0.0/8 15.0.0.0/8 16.0.0.0/8 17.0.0.0/8\n", -EINVAL,
+                 "t.ini:6: [listener] proxy_from: more than 16 networks");
+}
+
 static void test_listener_files(void **state)
 {
         char text[2048], want[512];
@@ -1053,6 +1089,7 @@ int main(void)
                 cmocka_unit_test(test_long_line),
                 cmocka_unit_test(test_bind_address),
                 cmocka_unit_test(test_listener_files),
+                cmocka_unit_test(test_proxy_protocol),
                 cmocka_unit_test(test_unreadable),
                 cmocka_unit_test(test_upstream),
                 cmocka_unit_test(test_bridge),

@@ -156,9 +156,40 @@ static void test_many_addresses(void **state)
         conn_limits_free(cl); /* frees what is left */
 }
 
+/* Behind a balancer (PROXY protocol): a connection counted under the
+ * balancer's address moves to the device's, keeping its handshake state. */
+static void test_readdress(void **state)
+{
+        struct conn_limits *cl;
+        struct sockaddr_storage lb = v4("127.0.0.1", 40000), dev = v4("127.0.0.23", 1000),
+                                dev6 = v6("2001:db8::1", 1);
+        (void) state;
+
+        assert_int_equal(conn_limits_new(7, &cl), 0);
+        assert_int_equal(conn_limits_add(cl, 5, SA(lb)), 0);
+        assert_int_equal(conn_limits_add(cl, 6, SA(lb)), 0);
+        conn_limits_handshake_done(cl, 6);
+        assert_int_equal(conn_limits_readdress(cl, 5, SA(dev)), 0);
+        assert_int_equal(conn_limits_readdress(cl, 6, SA(dev6)), 0);
+        assert_int_equal(conn_limits_from(cl, SA(lb)), 0);
+        assert_int_equal(conn_limits_from(cl, SA(dev)), 1);
+        assert_int_equal(conn_limits_from(cl, SA(dev6)), 1);
+        assert_int_equal(conn_limits_connections(cl), 2);
+        assert_int_equal(conn_limits_handshakes(cl), 1);  /* 5 still, 6 done */
+        assert_int_equal(conn_limits_readdress(cl, 9, SA(dev)), -ENOENT);
+        conn_limits_remove(cl, 5);
+        conn_limits_remove(cl, 6);
+        assert_int_equal(conn_limits_connections(cl), 0);
+        assert_int_equal(conn_limits_handshakes(cl), 0);
+        assert_int_equal(conn_limits_from(cl, SA(dev)), 0);
+        assert_int_equal(conn_limits_readdress(NULL, 5, SA(dev)), 0);
+        conn_limits_free(cl);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_readdress),
                 cmocka_unit_test(test_per_address_cap_ignores_port_and_other_addresses),
                 cmocka_unit_test(test_handshakes_counted_until_done_or_closed),
                 cmocka_unit_test(test_zero_is_unlimited_and_bad_input),
