@@ -19,6 +19,7 @@
 /* certfile/keyfile pairs given in the file (certdir may hold more). */
 #define CONFIG_MAX_CERTS 16
 #define CONFIG_MAX_PROXY_FROM 16
+#define CONFIG_MAX_HOSTS 8
 
 enum config_username_mode {
         USERNAME_FROM_DEVICE = 0, /* what the device sent; the CN if none (default) */
@@ -80,8 +81,17 @@ struct config_listener {
         size_t n_proxy_from;
 };
 
+/* One entry of [upstream] host = a b c. */
+struct config_upstream_host {
+        char *name;                   /* host name, IP literal (no brackets) or socket path */
+        uint16_t port;                /* "name:port", else [upstream] port (filled in by config_load) */
+        char *server_name;            /* [upstream] server_name, else name; NULL for a socket */
+};
+
 struct config_upstream {
-        char *host;                   /* default "127.0.0.1"; an absolute path = Unix socket */
+        char *host;                   /* the first host's name; default "127.0.0.1"; an absolute path = Unix socket */
+        struct config_upstream_host hosts[CONFIG_MAX_HOSTS]; /* every host, in the order given */
+        size_t n_hosts;
         uint16_t port;                /* default 8883; ignored for a Unix socket */
         char *cafile;                 /* TLS on when cafile or capath is set */
         char *capath;

@@ -188,10 +188,18 @@ int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
                 return r;
         if (b->cfg.upstream.host[0] == '/')
                 log_notice("upstream broker: Unix socket %s", b->cfg.upstream.host);
-        else
-                log_notice("upstream broker: %s port %u, %s", b->cfg.upstream.host, b->cfg.upstream.port,
+        else {
+                char list[512] = "";
+                size_t at = 0;
+                for (size_t i = 0; i < b->cfg.upstream.n_hosts && at < sizeof list; i++) {
+                        const struct config_upstream_host *h = &b->cfg.upstream.hosts[i];
+                        at += (size_t) snprintf(list + at, sizeof list - at, "%s%s port %u", i ? ", then " : "",
+                                                h->name, h->port);
+                }
+                log_notice("upstream broker: %s, %s", list,
                            b->cfg.upstream.cafile || b->cfg.upstream.capath ? "TLS, certificate verified"
                                                                            : "plain TCP");
+        }
         return 0;
 }
 

@@ -342,6 +342,134 @@ out:
         return r;
 }
 
+static void free_hosts(struct config_upstream *u)
+{
+        for (size_t i = 0; i < CONFIG_MAX_HOSTS; i++) {
+                free(u->hosts[i].name);
+                free(u->hosts[i].server_name);
+        }
+        memset(u->hosts, 0, sizeof u->hosts);
+        u->n_hosts = 0;
+}
+
+/* One host entry: "name", "192.0.2.1", "2001:db8::1" (no port: a bare IPv6
+ * literal has colons of its own), "name:1883", "192.0.2.1:1883",
+ * "[2001:db8::1]", "[2001:db8::1]:1883". */
+static int parse_host_entry(struct load_state *st, const struct key_desc *k, const char *item,
+                            struct config_upstream_host *out)
+{
+        const char *name = item, *port = NULL;
+        size_t name_len = strlen(item);
+
+        if (item[0] == '[') {
+                const char *close = strchr(item, ']');
+                unsigned char a6[16];
+                char v6[INET6_ADDRSTRLEN + 1];
+
+                if (!close || (close[1] && close[1] != ':'))
+                        return fail(st, -EINVAL, st->line, k, "'%s': expected [IPv6] or [IPv6]:port", item);
+                name = item + 1;
+                name_len = (size_t) (close - name);
+                if (name_len == 0 || name_len >= sizeof v6)
+                        return fail(st, -EINVAL, st->line, k, "'%s' is not an IPv6 address in brackets", item);
+                memcpy(v6, name, name_len);
+                v6[name_len] = '\0';
+                if (inet_pton(AF_INET6, v6, a6) != 1)
+                        return fail(st, -EINVAL, st->line, k, "'%s' is not an IPv6 address in brackets", item);
+                if (close[1] == ':')
+                        port = close + 2;
+        } else if (item[0] != '/') {
+                const char *colon = strchr(item, ':');
+                if (colon && !strchr(colon + 1, ':')) {
+                        name_len = (size_t) (colon - item);
+                        port = colon + 1;
+                }
+        }
+        if (name_len == 0)
+                return fail(st, -EINVAL, st->line, k, "'%s': empty host name", item);
+        if (port) {
+                unsigned long long v;
+                if (parse_ull(port, &v) < 0 || v < 1 || v > 65535)
+                        return fail(st, -EINVAL, st->line, k, "'%s': the port after ':' is not a number "
+                                    "from 1 to 65535", item);
+                out->port = (uint16_t) v;
+        }
+        out->name = strndup(name, name_len);
+        return out->name ? 0 : -ENOMEM;
+}
+
+/* [upstream] host: one or more hosts separated by spaces, tried in order
+ * (dialer.c), or one absolute Unix socket path. */
+static int parse_host_list(struct load_state *st, const struct key_desc *k, const char *value)
+{
+        struct config_upstream *u = &st->cfg->upstream;
+        struct config_upstream_host hosts[CONFIG_MAX_HOSTS];
+        size_t n = 0;
+        const char *p = value;
+        char *first = NULL;
+        int r = 0;
+
+        memset(hosts, 0, sizeof hosts);
+        for (;;) {
+                char item[300];
+                size_t len;
+
+                p += strspn(p, " \t");
+                if (!*p)
+                        break;
+                len = strcspn(p, " \t");
+                if (n == CONFIG_MAX_HOSTS) {
+                        r = fail(st, -EINVAL, st->line, k, "more than %d hosts", CONFIG_MAX_HOSTS);
+                        goto out;
+                }
+                if (p[0] == '/' && len >= sizeof(((struct sockaddr_un *) NULL)->sun_path)) {
+                        r = fail(st, -EINVAL, st->line, k, "socket path longer than %zu bytes",
+                                 sizeof(((struct sockaddr_un *) NULL)->sun_path) - 1);
+                        goto out;
+                }
+                if (len >= sizeof item) {
+                        r = fail(st, -EINVAL, st->line, k, "a host longer than %zu characters", sizeof item - 1);
+                        goto out;
+                }
+                memcpy(item, p, len);
+                item[len] = '\0';
+                r = parse_host_entry(st, k, item, &hosts[n]);
+                if (r < 0)
+                        goto out;
+                n++;
+                for (size_t i = 0; i + 1 < n; i++)
+                        if (strcmp(hosts[i].name, hosts[n - 1].name) == 0 && hosts[i].port == hosts[n - 1].port) {
+                                r = fail(st, -EINVAL, st->line, k, "'%s' is listed twice", item);
+                                goto out;
+                        }
+                p += len;
+        }
+        if (n == 0) {
+                r = fail(st, -EINVAL, st->line, k, "empty (give a host name, an IP address or a socket path)");
+                goto out;
+        }
+        for (size_t i = 0; i < n; i++)
+                if (hosts[i].name[0] == '/' && n > 1) {
+                        r = fail(st, -EINVAL, st->line, k, "a Unix socket path must be the only host");
+                        goto out;
+                }
+        first = strdup(hosts[0].name);
+        if (!first) {
+                r = -ENOMEM;
+                goto out;
+        }
+        free_hosts(u);
+        memcpy(u->hosts, hosts, sizeof hosts);
+        u->n_hosts = n;
+        free(u->host);
+        u->host = first;
+        return 0;
+out:
+        for (size_t i = 0; i < CONFIG_MAX_HOSTS; i++)
+                free(hosts[i].name);
+        return r;
+}
+
 /* proxy_from: networks separated by spaces or commas. */
 static int parse_net_list(struct load_state *st, const struct key_desc *k, const char *value)
 {
@@ -393,14 +521,7 @@ static int set_value(struct load_state *st, const struct key_desc *k, const char
         case KEY_PAIR_PATH:
                 return set_string(f, value, true);
         case KEY_HOST:
-                if (!*value)
-                        return fail(st, -EINVAL, st->line, k, "empty (give a host name, an IP address or a socket path)");
-                if (strpbrk(value, " \t"))
-                        return fail(st, -EINVAL, st->line, k, "'%s' contains whitespace", value);
-                if (value[0] == '/' && strlen(value) >= sizeof(((struct sockaddr_un *) NULL)->sun_path))
-                        return fail(st, -EINVAL, st->line, k, "socket path longer than %zu bytes",
-                                    sizeof(((struct sockaddr_un *) NULL)->sun_path) - 1);
-                return set_string(f, value, true);
+                return parse_host_list(st, k, value);
         case KEY_IP:
                 if (*value && !ip_valid(value))
                         return fail(st, -EINVAL, st->line, k, "'%s' is not an IPv4 or IPv6 address", value);
@@ -824,6 +945,20 @@ static int validate(struct load_state *st)
                 return fail(st, -EINVAL, st->seen[K_X_BIND], &keys[K_X_BIND],
                             "empty while enabled is true (give an address, e.g. 127.0.0.1)");
 
+        /* Each host: its port, and the name its certificate must carry
+         * (server_name applies to all of them when set). */
+        for (size_t i = 0; i < cfg->upstream.n_hosts; i++) {
+                struct config_upstream_host *h = &cfg->upstream.hosts[i];
+                const char *sn = cfg->upstream.server_name ? cfg->upstream.server_name : h->name;
+
+                if (!h->port)
+                        h->port = cfg->upstream.port;
+                free(h->server_name);
+                h->server_name = NULL;
+                if (h->name[0] != '/' && !(h->server_name = strdup(sn)))
+                        return fail(st, -ENOMEM, 0, NULL, "%s", strerror(ENOMEM));
+        }
+
         /* The TLS layer verifies the upstream certificate against this. */
         if (!cfg->upstream.server_name && !config_upstream_is_socket(&cfg->upstream)) {
                 cfg->upstream.server_name = strdup(cfg->upstream.host);
@@ -995,6 +1130,8 @@ int config_init(struct config *cfg)
         cfg->listener.expiry_warning_days = 30;
 
         cfg->upstream.host = strdup("127.0.0.1");
+        cfg->upstream.hosts[0].name = strdup("127.0.0.1");
+        cfg->upstream.n_hosts = 1;
         cfg->upstream.port = 8883;
         cfg->upstream.tls_version_min = TLS1_2_VERSION;
         cfg->upstream.connect_timeout = 10;
@@ -1026,7 +1163,8 @@ int config_init(struct config *cfg)
         cfg->log.level = LOG_LEVEL_INFO;
         cfg->log.target = LOG_TARGET_AUTO;
 
-        if (!cfg->listener.bind_address[0] || !cfg->upstream.host || !cfg->bridge.client_id_prefix ||
+        if (!cfg->listener.bind_address[0] || !cfg->upstream.host || !cfg->upstream.hosts[0].name ||
+            !cfg->bridge.client_id_prefix ||
             !cfg->spool.directory || !cfg->metrics.bind_address) {
                 config_free(cfg);
                 return -ENOMEM;
@@ -1066,6 +1204,7 @@ void config_free(struct config *cfg)
         free(cfg->listener.ciphersuites);
 
         free(cfg->upstream.host);
+        free_hosts(&cfg->upstream);
         free(cfg->upstream.cafile);
         free(cfg->upstream.capath);
         free(cfg->upstream.certfile);

@@ -46,12 +46,16 @@ int tls_conn_init_client(struct tls_conn *c, SSL_CTX *ctx, int fd, const char *n
         X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
         if (inet_pton(AF_INET, name, addr) == 1 || inet_pton(AF_INET6, name, addr) == 1) {
                 /* RFC 6066 §3: "Literal IPv4 and IPv6 addresses are not
-                 * permitted in HostName": no SNI, the SAN iPAddress check. */
-                if (X509_VERIFY_PARAM_set1_ip_asc(param, name) != 1)
+                 * permitted in HostName": no SNI, the SAN iPAddress check.
+                 * The context may carry another host's name (several
+                 * [upstream] hosts): this one replaces it, not adds to it. */
+                if (X509_VERIFY_PARAM_set1_host(param, NULL, 0) != 1 ||
+                    X509_VERIFY_PARAM_set1_ip_asc(param, name) != 1)
                         goto fail;
         } else {
                 X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-                if (X509_VERIFY_PARAM_set1_host(param, name, 0) != 1 ||
+                if (X509_VERIFY_PARAM_set1_ip(param, NULL, 0) != 1 ||
+                    X509_VERIFY_PARAM_set1_host(param, name, 0) != 1 ||
                     SSL_set_tlsext_host_name(c->ssl, name) != 1)
                         goto fail;
         }

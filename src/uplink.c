@@ -50,6 +50,7 @@ void uplink_teardown(struct uplink *u)
 static void uplink_free(struct uplink *u)
 {
         uplink_teardown(u);
+        dialer_done(&u->dialer);
         LIST_REMOVE(all, u->pool->all, u);
         u->pool->n_open--;
         SSL_CTX_free(u->ctx);
@@ -100,6 +101,10 @@ void uplink_lost(struct uplink *u, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(why, sizeof why, fmt, ap);
         va_end(ap);
+        /* Before CONNACK: this host did not work out; the next link
+         * starts with the next host of [upstream] host. */
+        if (u->state != UPLINK_CONNECTED && !u->draining)
+                uplink_pool_host_failed(u->pool, u->dialer.host, why);
         uplink_teardown(u);
         if (u->ops) {
                 const struct uplink_ops *ops = u->ops;
@@ -370,6 +375,20 @@ static void uplink_transport_up(struct uplink *u)
 {
         int r;
 
+        /* The name the broker's certificate must carry: that host's own
+         * (or [upstream] server_name), set per SSL, so each host of a
+         * list is checked against its own name and a reload's [upstream]
+         * applies to the next link. A Unix socket path is no name: then
+         * the context's setting stands. The other addresses are not
+         * needed any more. */
+        free(u->tls_name);
+        u->tls_name = NULL;
+        const char *tls_name = dialer_server_name(&u->dialer);
+        if (tls_name && !(u->tls_name = strdup(tls_name))) {
+                uplink_lost(u, "out of memory for TLS");
+                return;
+        }
+        dialer_done(&u->dialer);
         if (u->ctx) {
                 r = tls_conn_init_client(&u->tc, u->ctx, u->fd, u->tls_name);
                 if (r < 0) {
@@ -520,17 +539,9 @@ int uplink_connect(struct uplink_pool *p, const struct uplink_params *params,
 
         u->name = strdup_or_null(params->name);
         u->client_id = strdup_or_null(params->client_id);
-        /* The name the broker's certificate must carry: as
-         * tls_client_ctx_new puts on the context, per SSL so a reload's
-         * [upstream] applies to the next link. A Unix socket path is no
-         * name: then the context's setting stands. */
-        const char *tls_name = cfg->server_name ? cfg->server_name
-                                                : (config_upstream_is_socket(cfg) ? NULL : cfg->host);
-        u->tls_name = strdup_or_null(tls_name);
         if (p->ctx && SSL_CTX_up_ref(p->ctx) == 1)
                 u->ctx = p->ctx;
-        if ((params->name && !u->name) || (params->client_id && !u->client_id) ||
-            (tls_name && !u->tls_name) || (p->ctx && !u->ctx)) {
+        if ((params->name && !u->name) || (params->client_id && !u->client_id) || (p->ctx && !u->ctx)) {
                 snprintf(p->why, sizeof p->why, "out of memory");
                 r = -ENOMEM;
                 goto fail;
@@ -555,7 +566,8 @@ int uplink_connect(struct uplink_pool *p, const struct uplink_params *params,
         }
         bytebuf_commit(&u->out, (size_t) r);
 
-        r = dialer_init(&u->dialer, cfg, p->why, sizeof p->why);
+        /* The host that worked last first (uplink_pool_host_*). */
+        r = dialer_init(&u->dialer, cfg, p->host_pref, p->why, sizeof p->why);
         if (r < 0)
                 goto fail;
         /* Connected or not yet, EPOLLOUT says so, from our own handler:
@@ -748,6 +760,31 @@ void uplink_pool_set_config(struct uplink_pool *p, const struct config_upstream 
         SSL_CTX_free(p->ctx);
         p->ctx = ctx;
         p->cfg = cfg;
+        /* A new list may differ: start again at its first host. */
+        p->host_pref = 0;
+}
+
+void uplink_pool_host_failed(struct uplink_pool *p, unsigned host, const char *why)
+{
+        size_t n = p->cfg ? p->cfg->n_hosts : 0;
+
+        if (n < 2 || host != p->host_pref || host >= n)
+                return;
+        p->host_pref = (host + 1) % (unsigned) n;
+        log_warning("upstream host %s port %u did not work (%s): new upstream links try %s port %u first",
+                    p->cfg->hosts[host].name, p->cfg->hosts[host].port, why,
+                    p->cfg->hosts[p->host_pref].name, p->cfg->hosts[p->host_pref].port);
+}
+
+void uplink_pool_host_worked(struct uplink_pool *p, unsigned host)
+{
+        size_t n = p->cfg ? p->cfg->n_hosts : 0;
+
+        if (n < 2 || host >= n || host == p->host_pref)
+                return;
+        p->host_pref = host;
+        log_notice("upstream host %s port %u works: new upstream links try it first",
+                   p->cfg->hosts[host].name, p->cfg->hosts[host].port);
 }
 
 void uplink_pool_set_max_packet(struct uplink_pool *p, size_t max_packet)

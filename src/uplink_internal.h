@@ -84,6 +84,7 @@ struct uplink_pool {
         size_t max_packet;
         struct uplink *all;
         unsigned n_open, n_connected;
+        unsigned host_pref;             /* [upstream] host tried first: the one that worked last */
         char why[256];                  /* uplink_connect's reason */
         uint8_t scratch[UPLINK_READ_CHUNK]; /* handlers never nest: one read buffer for all */
 };
@@ -114,6 +115,13 @@ void uplink_enter(struct uplink *u);
 void uplink_leave(struct uplink *u);
 /* Run the defer handler this loop turn (write the output, look at input). */
 void uplink_schedule(struct uplink *u);
+
+/* Which of several [upstream] hosts new links try first: the one that
+ * last got a CONNACK 0 (sticky, so links do not flap between nodes), moved
+ * to the next host when the preferred one fails before CONNACK. Log a
+ * line when the preference changes. */
+void uplink_pool_host_failed(struct uplink_pool *p, unsigned host, const char *why);
+void uplink_pool_host_worked(struct uplink_pool *p, unsigned host);
 
 /* ---- uplink_wire.c ---- */
 

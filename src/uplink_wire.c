@@ -128,6 +128,7 @@ static void uplink_on_connack(struct uplink *u, const struct mqtt_packet *pkt)
         }
         u->state = UPLINK_CONNECTED;
         u->pool->n_connected++;
+        uplink_pool_host_worked(u->pool, u->dialer.host);
         u->t_recv = uplink_now(u->pool);
         if (bytebuf_size(&u->out) == 0)
                 u->t_sent = u->t_recv;

@@ -713,7 +713,49 @@ static void test_upstream(void **state)
         config_free(&cfg);
 
         load_bad("[upstream]\nhost =\n", -EINVAL, "t.ini:6: [upstream] host: empty");
-        load_bad("[upstream]\nhost = a b\n", -EINVAL, "t.ini:6: [upstream] host: 'a b' contains whitespace");
+
+        /* Several hosts (issue 14): each with [upstream] port unless it
+         * says host:port, each checked against its own name unless
+         * server_name is set. */
+        snprintf(extra, sizeof(extra), "[upstream]\nhost = node-a  192.0.2.2:18883 [2001:db8::3]:1884 ::4 [::5]\n"
+                 "port = 8884\ncafile = %s\n", p_upca);
+        load_ok(&cfg, extra);
+        assert_int_equal(cfg.upstream.n_hosts, 5);
+        assert_string_equal(cfg.upstream.host, "node-a");
+        assert_string_equal(cfg.upstream.hosts[0].name, "node-a");
+        assert_int_equal(cfg.upstream.hosts[0].port, 8884);
+        assert_string_equal(cfg.upstream.hosts[0].server_name, "node-a");
+        assert_string_equal(cfg.upstream.hosts[1].name, "192.0.2.2");
+        assert_int_equal(cfg.upstream.hosts[1].port, 18883);
+        assert_string_equal(cfg.upstream.hosts[1].server_name, "192.0.2.2");
+        assert_string_equal(cfg.upstream.hosts[2].name, "2001:db8::3");
+        assert_int_equal(cfg.upstream.hosts[2].port, 1884);
+        assert_string_equal(cfg.upstream.hosts[3].name, "::4");
+        assert_int_equal(cfg.upstream.hosts[3].port, 8884);
+        assert_string_equal(cfg.upstream.hosts[4].name, "::5");
+        assert_string_equal(cfg.upstream.server_name, "node-a");
+        config_free(&cfg);
+        load_ok(&cfg, "[upstream]\nhost = a b\nserver_name = broker.example\n");
+        assert_int_equal(cfg.upstream.n_hosts, 2);
+        assert_string_equal(cfg.upstream.hosts[1].server_name, "broker.example");
+        assert_int_equal(cfg.upstream.hosts[1].port, 8883);
+        config_free(&cfg);
+        load_ok(&cfg, "");
+        assert_int_equal(cfg.upstream.n_hosts, 1);
+        assert_string_equal(cfg.upstream.hosts[0].name, "127.0.0.1");
+        assert_int_equal(cfg.upstream.hosts[0].port, 8883);
+        config_free(&cfg);
+        load_bad("[upstream]\nhost = a a\n", -EINVAL, "t.ini:6: [upstream] host: 'a' is listed twice");
+        load_bad("[upstream]\nhost = a /run/m.sock\n", -EINVAL,
+                 "t.ini:6: [upstream] host: a Unix socket path must be the only host");
+        load_bad("[upstream]\nhost = a:0\n", -EINVAL,
+                 "t.ini:6: [upstream] host: 'a:0': the port after ':' is not a number from 1 to 65535");
+        load_bad("[upstream]\nhost = a:x\n", -EINVAL, "t.ini:6: [upstream] host: 'a:x': the port");
+        load_bad("[upstream]\nhost = :1883\n", -EINVAL, "t.ini:6: [upstream] host: ':1883': empty host name");
+        load_bad("[upstream]\nhost = [192.0.2.1]:1\n", -EINVAL,
+                 "t.ini:6: [upstream] host: '[192.0.2.1]:1' is not an IPv6 address in brackets");
+        load_bad("[upstream]\nhost = [::1]x\n", -EINVAL, "t.ini:6: [upstream] host: '[::1]x': expected");
+        load_bad("[upstream]\nhost = a b c d e f g h i\n", -EINVAL, "t.ini:6: [upstream] host: more than 8 hosts");
         char longpath[200] = "host = /";
         memset(longpath + 8, 'x', 120);
         strcpy(longpath + 128, "\n");

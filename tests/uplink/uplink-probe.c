@@ -382,7 +382,7 @@ int main(int argc, char **argv)
                 { "debug", no_argument, NULL, 'd' },
                 {},
         };
-        struct config_upstream cfg = { .host = "127.0.0.1", .port = 1883, .connect_timeout = 10 };
+        struct config_upstream cfg = { .host = (char *) "127.0.0.1", .port = 1883, .connect_timeout = 10 };
         SSL_CTX *ctx = NULL;
         const char *why = NULL;
         char err[512];
@@ -440,6 +440,11 @@ int main(int argc, char **argv)
                 }
         }
 
+        /* One host, as config_load would fill it in. */
+        cfg.hosts[0].name = cfg.host;
+        cfg.hosts[0].port = cfg.port;
+        cfg.hosts[0].server_name = cfg.server_name ? cfg.server_name : (cfg.host[0] == '/' ? NULL : cfg.host);
+        cfg.n_hosts = 1;
         r = tls_client_ctx_new(&cfg, &ctx, err, sizeof err);
         if (r < 0) {
                 fprintf(stderr, "TLS: %s\n", err);
