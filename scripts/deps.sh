@@ -7,13 +7,14 @@ set -eu
 # install dir); debhelper, dpkg-dev, fakeroot, lintian, adduser: the
 # package test (tests/package). binutils-xtensa-lx106 and
 # libstdc++-arm-none-eabi-dev (its C++ headers): the firmware build on the
-# real ESP8266 core with ../shared/esp8266-sdk (tests/firmware).
+# real ESP8266 core with ../shared/esp8266-sdk (tests/firmware). haproxy:
+# the scale-out test (tests/scale).
 PKGS="meson ninja-build gcc clang pkg-config
       libmosquitto-dev libssl-dev libsystemd-dev libinih-dev libcmocka-dev libbearssl-dev
       mosquitto mosquitto-clients openssl python3 valgrind stunnel4
       libclang-rt-14-dev gcc-xtensa-lx106 picolibc-xtensa-lx106-elf
       binutils-xtensa-lx106 libstdc++-arm-none-eabi-dev
-      systemd adduser
+      systemd adduser haproxy
       build-essential debhelper dpkg-dev fakeroot lintian
       crossbuild-essential-arm64 crossbuild-essential-armhf qemu-user-static"
 SUDO=""

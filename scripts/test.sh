@@ -38,9 +38,9 @@ if [ "${QUICK:-0}" != 1 ]; then
         meson test -C build-test --setup valgrind --suite integration --print-errorlogs --no-rebuild || status=1
 
         run build-test-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug
-        # (the fault soak runs once, in the plain build above)
+        # (the fault soak and the scale-out tests run once, in the plain build above)
         MEB_SANITIZED=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-                meson test -C build-test-asan --no-suite soak --print-errorlogs --no-rebuild --num-processes 2 || status=1
+                meson test -C build-test-asan --no-suite soak --no-suite scale --print-errorlogs --no-rebuild --num-processes 2 || status=1
 
         CC=clang run build-test-fuzz -Dfuzz=true -Dtests=false -Db_sanitize=address,undefined -Db_lundef=false
         meson test -C build-test-fuzz --suite fuzz --print-errorlogs --no-rebuild || status=1

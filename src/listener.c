@@ -237,7 +237,14 @@ static void waiting_read_proxy(struct waiting *w)
                 return;
         }
         if (n == 0) {
-                waiting_refuse_proxy(w, REFUSAL_PROXY_HEADER, "connection closed before its PROXY header", NULL);
+                /* Nothing at all: a port probe, or the balancer's plain TCP
+                 * health check. Not worth a line each time. */
+                char peer[INET6_ADDRSTRLEN + 8];
+                log_format_peer(peer, sizeof peer, (struct sockaddr *) &w->ss);
+                struct log_fields f = { .peer = peer, .reason = "no data" };
+                log_msg(LOG_LEVEL_DEBUG, &f, "connection closed before its PROXY header (a probe or health check)");
+                waiting_free(w, true);
+                listener_arm_wait_timer(l);
                 return;
         }
         r = proxy_parse(buf, (size_t) n, &h, &why);
