@@ -8,13 +8,16 @@ set -eu
 # package test (tests/package). binutils-xtensa-lx106 and
 # libstdc++-arm-none-eabi-dev (its C++ headers): the firmware build on the
 # real ESP8266 core with ../shared/esp8266-sdk (tests/firmware). haproxy:
-# the scale-out test (tests/scale).
+# the scale-out test (tests/scale); rabbitmq-server (with its rabbitmq_mqtt
+# plugin): the second broker of tests/integration/test_brokers.py and the
+# cluster of tests/scale, run as the tests' own processes (the service is
+# not needed).
 PKGS="meson ninja-build gcc clang pkg-config
       libmosquitto-dev libssl-dev libsystemd-dev libinih-dev libcmocka-dev libbearssl-dev
       mosquitto mosquitto-clients openssl python3 valgrind stunnel4
       libclang-rt-14-dev gcc-xtensa-lx106 picolibc-xtensa-lx106-elf
       binutils-xtensa-lx106 libstdc++-arm-none-eabi-dev
-      systemd adduser haproxy
+      systemd adduser haproxy rabbitmq-server
       build-essential debhelper dpkg-dev fakeroot lintian
       crossbuild-essential-arm64 crossbuild-essential-armhf qemu-user-static"
 SUDO=""

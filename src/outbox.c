@@ -14,6 +14,9 @@
  *           answered here, and a DUP of one is the same message, also on a
  *           later connection or after a restart;
  *   comp    PUBCOMPs for those, sent once the release is durable;
+ *   down2   QoS 2 messages a broker without QoS 2 took with PUBACK
+ *           (RabbitMQ downgrades QoS 2 to 1): the device got PUBREC, and
+ *           its PUBREL is answered here (in memory only);
  *   replay  spooled messages in flight upstream under the bridge's own
  *           packet identifiers;
  *   q0      QoS 0 waiting for the uplink.
@@ -84,6 +87,8 @@ struct outbox {
         unsigned n_rel, cap_rel;
         uint16_t *comp;
         unsigned n_comp, cap_comp;
+        uint16_t *down2;
+        unsigned n_down2, cap_down2;
         struct ob_replay *replay;
         unsigned n_replay, cap_replay;
         uint64_t last_read_seq;
@@ -406,6 +411,7 @@ void outbox_free(struct outbox *o)
                 free(o->fifo[i].copy);
         for (unsigned i = 0; i < o->n_rel; i++)
                 free(o->rel[i].copy);
+        free(o->down2);
         while (o->q0_head) {
                 struct ob_msg *m = o->q0_head;
                 o->q0_head = m->next;
@@ -934,6 +940,14 @@ bool outbox_full(const struct outbox *o)
 
 void outbox_device_pubrel(struct outbox *o, uint16_t pid)
 {
+        for (unsigned i = 0; i < o->n_down2; i++)
+                if (o->down2[i] == pid) {
+                        /* The broker has it already (a PUBACK for QoS 2). */
+                        o->down2[i] = o->down2[--o->n_down2];
+                        if (o->p.ops && o->p.ops->complete)
+                                o->p.ops->complete(o->p.ud, pid);
+                        return;
+                }
         for (unsigned i = 0; i < o->n_fifo; i++)
                 if (o->fifo[i].pid == pid)
                         return; /* PUBREL before our PUBREC: out of order, ignored */
@@ -1001,6 +1015,22 @@ static bool ob_on_direct_ack(struct outbox *o, enum mqtt_type type, uint16_t pid
                 struct ob_entry *e = &o->fifo[i];
                 if (e->pid != pid || e->state != OB_WAIT_BROKER)
                         continue;
+                if (type == MQTT_PUBACK && e->qos == 2) {
+                        /* A broker without QoS 2 (RabbitMQ downgrades it to
+                         * QoS 1 and answers PUBACK): it has the message, at
+                         * least once. The device still gets its QoS 2 flow
+                         * (§4.3.3): PUBREC now, and the bridge completes its
+                         * PUBREL itself (down2). */
+                        if (grow((void **) &o->down2, &o->cap_down2, o->n_down2, sizeof *o->down2) < 0)
+                                return true; /* stays waiting; resent after a reconnect */
+                        o->down2[o->n_down2++] = pid;
+                        free(e->copy);
+                        e->copy = NULL;
+                        e->state = OB_DONE;
+                        o->n_wait_broker--;
+                        ob_flush_acks(o);
+                        return true;
+                }
                 if ((type == MQTT_PUBACK) != (e->qos == 1))
                         return false; /* the wrong ack for its QoS: ignored */
                 if (e->qos == 2) {
@@ -1042,7 +1072,10 @@ static bool ob_on_replay_ack(struct outbox *o, enum mqtt_type type, uint16_t pid
                                 rp->released = true;
                         return true;
                 }
-                if (!((type == MQTT_PUBACK && rp->qos == 1) || (type == MQTT_PUBCOMP && rp->qos == 2 && rp->released)))
+                /* A PUBACK for QoS 2 before any PUBREC: a broker that has no
+                 * QoS 2 (RabbitMQ downgrades it to 1) took the message. */
+                if (!((type == MQTT_PUBACK && (rp->qos == 1 || !rp->released)) ||
+                      (type == MQTT_PUBCOMP && rp->qos == 2 && rp->released)))
                         return true; /* out of order for its QoS: ignored */
                 ob_replay_done(o, i);
                 outbox_pump(o);
