@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 
-from harness import free_port, wait_for, wait_port
+from harness import wait_port
 
 RABBIT_BIN = "/usr/lib/rabbitmq/bin"   # not /usr/sbin: that wrapper switches to the rabbitmq user
 AVAILABLE = os.path.exists(os.path.join(RABBIT_BIN, "rabbitmq-server")) and os.path.isdir(
@@ -31,11 +31,29 @@ def plugin_available():
     return bool(glob.glob("/usr/lib/rabbitmq/lib/*/plugins/rabbitmq_mqtt-*"))
 
 
+def quiet_port():
+    """A free port below the ephemeral range (32768-60999 on Linux). A
+    port from free_port() can be taken meanwhile as the source port of one
+    of the many short connections Erlang's CLI makes while a node starts,
+    and RabbitMQ then refuses to start (dist_port_already_used)."""
+    import random
+    import socket
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
+
+
 class Cluster:
     """What nodes of one cluster share: epmd's port and the cookie."""
 
     def __init__(self):
-        self.epmd_port = free_port()
+        self.epmd_port = quiet_port()
         self.cookie = secrets.token_hex(16).upper()
         self.nodes = []
 
@@ -53,9 +71,9 @@ class RabbitMQ:
         self.cluster = cluster or Cluster()
         self.cluster.nodes.append(self)
         self.node = "meb%s%d@localhost" % (name, os.getpid())
-        self.port = free_port()          # MQTT
-        self.amqp_port = free_port()
-        self.dist_port = free_port()
+        self.port = quiet_port()          # MQTT
+        self.amqp_port = quiet_port()
+        self.dist_port = quiet_port()
         self.user, self.password = user, password
         self.unix_path = None
         home = os.path.join(self.dir, "home")
