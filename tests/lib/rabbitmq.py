@@ -109,7 +109,8 @@ class RabbitMQ:
                         RABBITMQ_ENABLED_PLUGINS_FILE=plugins,
                         RABBITMQ_PID_FILE=os.path.join(self.dir, "pid"),
                         ERL_EPMD_PORT=str(self.cluster.epmd_port),
-                        ERL_EPMD_ADDRESS="127.0.0.1")
+                        ERL_EPMD_ADDRESS="127.0.0.1",
+                        ERL_CRASH_DUMP=os.path.join(self.dir, "erl_crash.dump"))
         self.proc = None
         self.log = os.path.join(self.dir, "server.out")
 
@@ -124,7 +125,7 @@ class RabbitMQ:
     def start(self, timeout=90):
         out = open(self.log, "a")
         self.proc = subprocess.Popen([os.path.join(RABBIT_BIN, "rabbitmq-server")], env=self.env,
-                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                     cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         out.close()
         deadline = time.monotonic() + timeout
