@@ -17,6 +17,7 @@ max_connections_per_address see.
 import os
 import socket
 import struct
+import subprocess
 import sys
 import time
 import unittest
@@ -90,6 +91,15 @@ class TestProxyV2(BridgeTestCase, Scrape):
                                  since=since)
             c.send(m.publish("t/proxy", b"hello", qos=1, pid=1))
             c.expect(m.PUBACK)
+            # --status lists the device by its own address, as does GET /status.
+            st = subprocess.run([os.environ.get("BRIDGE_BIN", "mqtt-edge-bridge"), "--status", "--config",
+                                 self.bridge.conf], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, timeout=20)
+            self.assertEqual(st.returncode, 0, st.stdout)
+            self.assertRegex(st.stdout, r"sensor-1 +sensor-1 +192\.0\.2\.7:40001 ")
+            self.assertRegex(st.stdout, r"PROXY protocol +\d+ headers accepted")
+            with urllib.request.urlopen("http://127.0.0.1:%d/status" % self.metrics_port, timeout=5) as r:
+                self.assertIn("192.0.2.7:40001", r.read().decode())
         self.assertEqual(self.scrape()["mqtt_edge_bridge_proxy_headers_total"], before + 1)
         # The balancer's own address named nowhere for this device.
         text = self.bridge.text()[since:]
