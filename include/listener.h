@@ -15,14 +15,22 @@
  */
 
 #include <stdint.h>
+#include <sys/socket.h>
 
 struct bridge;
 struct listener;
 
+/* A connection that passed the limits (and its PROXY header): the callee
+ * takes fd and returns 0, or a negative errno after closing it. peer is
+ * the device's address (the PROXY header's behind a balancer). */
+typedef int (*listener_accept_fn)(void *ud, int fd, const struct sockaddr *peer, socklen_t peer_len);
+
 /* Bind address:port (IPv4 or IPv6 literal; "::" is IPv6-only so that
- * "0.0.0.0 ::" can be configured side by side) and start accepting.
- * Returns 0 and *out, or a negative errno after logging why. */
-int listener_new(struct bridge *b, const char *address, uint16_t port, struct listener **out);
+ * "0.0.0.0 ::" can be configured side by side) and start accepting; each
+ * admitted connection goes to on_accept(ud, ...). Returns 0 and *out, or a
+ * negative errno after logging why. */
+int listener_new(struct bridge *b, const char *address, uint16_t port, listener_accept_fn on_accept, void *ud,
+                 struct listener **out);
 
 /* The port actually bound (useful with port 0 in tests). */
 uint16_t listener_port(const struct listener *l);

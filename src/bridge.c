@@ -122,6 +122,12 @@ static void log_listener_certs(SSL_CTX *ctx)
         log_notice("listener certificates, chosen by SNI: %s", line);
 }
 
+/* The listener admitted a device: its session starts the TLS handshake. */
+static int bridge_on_accept(void *ud, int fd, const struct sockaddr *peer, socklen_t peer_len)
+{
+        return session_new(ud, fd, peer, peer_len);
+}
+
 int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
 {
         char err[512] = "";
@@ -170,7 +176,8 @@ int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
         if (r < 0)
                 return r;
         for (size_t i = 0; i < b->cfg.listener.n_bind; i++) {
-                r = listener_new(b, b->cfg.listener.bind_address[i], b->cfg.listener.port, &b->listeners[i]);
+                r = listener_new(b, b->cfg.listener.bind_address[i], b->cfg.listener.port, bridge_on_accept, b,
+                                 &b->listeners[i]);
                 if (r < 0)
                         return r;
                 b->n_listeners++;

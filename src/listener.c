@@ -16,7 +16,6 @@
 #include "listener.h"
 #include "log.h"
 #include "proxy_proto.h"
-#include "session.h"
 
 /* An accepted socket that has not sent its first byte yet. It gets no
  * session (no SSL object, no buffers) until it does, and only
@@ -49,6 +48,8 @@ enum {
 
 struct listener {
         struct bridge *b;
+        listener_accept_fn on_accept; /* admitted connections go here */
+        void *ud;
         int fd;
         uint16_t port;
         sd_event_source *io;
@@ -188,8 +189,8 @@ static void waiting_start_session(struct waiting *w, const struct sockaddr_stora
         int fd = w->fd;
 
         waiting_free(w, false); /* removes fd from epoll before the session adds it */
-        if (session_new(l->b, fd, (struct sockaddr *) &ss, len) < 0)
-                conn_limits_remove(l->b->conn_limits, fd); /* session_new closed fd */
+        if (l->on_accept(l->ud, fd, (struct sockaddr *) &ss, len) < 0)
+                conn_limits_remove(l->b->conn_limits, fd); /* the callee closed fd */
         listener_arm_wait_timer(l);
 }
 
@@ -304,7 +305,7 @@ static void waiting_read_proxy(struct waiting *w)
 }
 
 /* The first byte (or EOF, or an error) is there: from now on it is a TLS
- * connection like any other, and session_new runs the handshake under
+ * connection like any other, and the session runs the handshake under
  * handshake_timeout. It stays a handshake in progress for conn_limits
  * until the session reports the handshake done. */
 static int waiting_on_io(sd_event_source *src, int fd, uint32_t revents, void *userdata)
@@ -505,7 +506,8 @@ static int listener_on_accept(sd_event_source *src, int fd, uint32_t revents, vo
         return 0;
 }
 
-int listener_new(struct bridge *b, const char *address, uint16_t port, struct listener **out)
+int listener_new(struct bridge *b, const char *address, uint16_t port, listener_accept_fn on_accept, void *ud,
+                 struct listener **out)
 {
         struct sockaddr_storage ss = { 0 };
         socklen_t len;
@@ -549,6 +551,8 @@ int listener_new(struct bridge *b, const char *address, uint16_t port, struct li
                 return -ENOMEM;
         }
         l->b = b;
+        l->on_accept = on_accept;
+        l->ud = ud;
         l->fd = fd;
         len = sizeof ss;
         getsockname(fd, (struct sockaddr *) &ss, &len);
