@@ -106,7 +106,7 @@ if ninja -C "$bdir" >"$bdir.ninja.log" 2>&1; then
         suites="--suite unit --suite tools --suite systemd"
         [ "${CROSS_INTEGRATION:-1}" = 0 ] || suites="$suites --suite integration"
         # shellcheck disable=SC2086
-        MEB_EXEC_WRAPPER=qemu-aarch64-static timeout 1200 \
+        MEB_EXEC_WRAPPER=qemu-aarch64-static timeout 1800 \
                 meson test -C "$bdir" $suites --no-rebuild --print-errorlogs --num-processes 2 || status=1
 else
         tail -40 "$bdir.ninja.log"

@@ -29,6 +29,13 @@ from pki import Pki  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.normpath(os.path.join(HERE, "..", ".."))
 SETUP = os.environ.get("SETUP", os.path.join(SRC, "tools", "mqtt-edge-bridge-setup.py"))
+# The setup script starts the project's binaries itself: under an emulator
+# (MEB_EXEC_WRAPPER, the arm64 run in CI) it must get the same wrapper as
+# the tests, so it runs with tests/lib/exec_wrapper imported.
+LIB = os.path.join(HERE, "..", "lib")
+SETUP_CMD = [sys.executable, "-c",
+             "import runpy, sys; sys.path.insert(0, sys.argv[1]); import exec_wrapper; "
+             "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')", LIB, SETUP]
 CERTS = os.environ.get("CERTS", "mqtt-edge-bridge-certs")
 DOCTOR = os.environ.get("DOCTOR", "mqtt-edge-bridge-doctor")
 
@@ -106,7 +113,7 @@ class TestSetupSeed(unittest.TestCase):
             raise AssertionError("bridge exited with status %s (valgrind errors: %s)" % (rc, rc == VALGRIND_ERROR))
 
     def setup(self, *extra):
-        argv = [sys.executable, SETUP, "--yes", "--ca-key", self.ca.ca_key, "--root", self.root, "--no-start",
+        argv = SETUP_CMD + ["--yes", "--ca-key", self.ca.ca_key, "--root", self.root, "--no-start",
                 "--mosquitto-conf", self.mq_conf, "--address", "127.0.0.1", "--hostname", "raspberry",
                 "--port", str(self.port), "--set", "bridge.user=", "--set", "listener.bind_address=127.0.0.1", "--set",
                 "spool.directory=%s/spool" % self.root, "--set", "log.target=stderr", "--set", "log.level=debug",
@@ -234,7 +241,7 @@ class TestSetupSocketNoCaKey(unittest.TestCase):
                         % (ca.ca_crt, broker[0], broker[1]))
             root = os.path.join(t, "root")
             os.makedirs(os.path.join(root, "etc"))
-            argv = [sys.executable, SETUP, "--yes", "--root", root, "--no-start", "--mosquitto-conf", conf,
+            argv = SETUP_CMD + ["--yes", "--root", root, "--no-start", "--mosquitto-conf", conf,
                     "--address", "192.0.2.10", "--hostname", "edge", "--set", "bridge.user=", "--set", "listener.bind_address=127.0.0.1",
                     "--set", "spool.directory=%s/spool" % root, "--certs-tool", CERTS, "--doctor-tool", DOCTOR,
                     "--bridge-tool", BRIDGE_BIN]
