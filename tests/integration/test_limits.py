@@ -20,7 +20,7 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from harness import BRIDGE_WRAPPER, BridgeTestCase, free_port, wait_for  # noqa: E402
 import rawmqtt as m  # noqa: E402
-from rawmqtt import RawClient, daemon_rss_kb  # noqa: E402
+from rawmqtt import RawClient, closed_by_peer, daemon_rss_kb  # noqa: E402
 
 MAX_HANDSHAKES = 3
 PER_ADDRESS = 3
@@ -33,17 +33,6 @@ def idle_from(source, port):
     s.settimeout(5)
     s.connect(("127.0.0.1", port))
     return s
-
-
-def closed_by_peer(s, timeout):
-    """True if the bridge closes s within timeout (EOF or reset)."""
-    s.settimeout(timeout)
-    try:
-        return s.recv(1) == b""
-    except socket.timeout:
-        return False
-    except ConnectionError:
-        return True
 
 
 class TestListenerLimits(BridgeTestCase):

@@ -26,7 +26,7 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from harness import BridgeTestCase, free_port, wait_for  # noqa: E402
 import rawmqtt as m  # noqa: E402
-from rawmqtt import RawClient  # noqa: E402
+from rawmqtt import RawClient, closed_by_peer  # noqa: E402
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 PER_ADDRESS = 2
@@ -42,16 +42,6 @@ def v2_header(src, sport, dst="127.0.0.1", dport=8884, command=1):
 
 def v1_header(src, sport, dst="127.0.0.1", dport=8884):
     return ("PROXY TCP4 %s %s %d %d\r\n" % (src, dst, sport, dport)).encode()
-
-
-def closed_by_peer(s, timeout):
-    s.settimeout(timeout)
-    try:
-        return s.recv(1) == b""
-    except socket.timeout:
-        return False
-    except ConnectionError:
-        return True
 
 
 class Scrape:

@@ -106,7 +106,24 @@ class TestPki:
         return self.other_ca.issue("foreign-" + name, name, client=True, ec=True)
 
 
-class Mosquitto:
+class BrokerCli:
+    """mosquitto_pub / mosquitto_sub against a broker; the broker class
+    gives client_args() (address, TLS, credentials)."""
+
+    def pub(self, topic, payload, qos=0, retain=False):
+        args = ["mosquitto_pub"] + self.client_args() + ["-t", topic, "-m", payload, "-q", str(qos)]
+        if retain:
+            args.append("-r")
+        subprocess.run(args, check=True, timeout=10)
+
+    def sub(self, topic, count, timeout=10, qos=1, extra=()):
+        """Start mosquitto_sub in the background; .result() waits for it."""
+        return Subscriber(["mosquitto_sub"] + self.client_args() +
+                          ["-t", topic, "-q", str(qos), "-v", "-C", str(count), "-W", str(timeout)]
+                          + list(extra))
+
+
+class Mosquitto(BrokerCli):
     """mosquitto 2.0 with a mutual-TLS listener and a password file, like
     the Raspberry Pi in issue 2, plus an optional Unix socket listener."""
 
@@ -172,18 +189,6 @@ class Mosquitto:
         crt, key = self.pki.observer
         return ["-h", "127.0.0.1", "-p", str(self.port), "--cafile", self.pki.ca.ca_crt,
                 "--cert", crt, "--key", key, "-u", user, "-P", password]
-
-    def pub(self, topic, payload, qos=0, retain=False):
-        args = ["mosquitto_pub"] + self.client_args() + ["-t", topic, "-m", payload, "-q", str(qos)]
-        if retain:
-            args.append("-r")
-        subprocess.run(args, check=True, timeout=10)
-
-    def sub(self, topic, count, timeout=10, qos=1, extra=()):
-        """Start mosquitto_sub in the background; .result() waits for it."""
-        return Subscriber(["mosquitto_sub"] + self.client_args() +
-                          ["-t", topic, "-q", str(qos), "-v", "-C", str(count), "-W", str(timeout)]
-                          + list(extra))
 
 
 class Subscriber:

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 
-from harness import wait_port
+from harness import BrokerCli, wait_port
 
 RABBIT_BIN = "/usr/lib/rabbitmq/bin"   # not /usr/sbin: that wrapper switches to the rabbitmq user
 AVAILABLE = os.path.exists(os.path.join(RABBIT_BIN, "rabbitmq-server")) and os.path.isdir(
@@ -63,7 +63,7 @@ class Cluster:
                        timeout=10)
 
 
-class RabbitMQ:
+class RabbitMQ(BrokerCli):
     kind = "rabbitmq"
 
     def __init__(self, workdir, name, user, password, cluster=None):
@@ -179,18 +179,6 @@ class RabbitMQ:
     def client_args(self, user=None, password=None):
         return ["-h", "127.0.0.1", "-p", str(self.port), "-u", user or self.user, "-P",
                 password or self.password]
-
-    def pub(self, topic, payload, qos=0, retain=False):
-        args = ["mosquitto_pub"] + self.client_args() + ["-t", topic, "-m", payload, "-q", str(qos)]
-        if retain:
-            args.append("-r")
-        subprocess.run(args, check=True, timeout=10)
-
-    def sub(self, topic, count, timeout=10, qos=1, extra=()):
-        from harness import Subscriber
-        return Subscriber(["mosquitto_sub"] + self.client_args() +
-                          ["-t", topic, "-q", str(qos), "-v", "-C", str(count), "-W", str(timeout)]
-                          + list(extra))
 
     def upstream_section(self, *others):
         """[upstream] for a bridge: this node first, then the others."""

@@ -245,6 +245,17 @@ class RawClient:
         return p.body[0], p.body[1]
 
 
+def closed_by_peer(s, timeout):
+    """True if the bridge closes s within timeout (EOF or reset)."""
+    s.settimeout(timeout)
+    try:
+        return s.recv(1) == b""
+    except socket.timeout:
+        return False
+    except ConnectionError:
+        return True
+
+
 def daemon_rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
