@@ -163,6 +163,12 @@ void outbox_device_pubrel(struct outbox *o, uint16_t pid);
  * exchange still open)? */
 bool outbox_pid_in_use(const struct outbox *o, uint16_t pid);
 
+/* A packet identifier for something the bridge itself sends upstream on
+ * this link (a replay, the owner's resubscription): none the outbox uses
+ * or the spool holds for a QoS 2 message, none ops->pid_busy claims.
+ * 0 if none is free (or o is NULL). */
+uint16_t outbox_free_pid(struct outbox *o);
+
 /* Messages waiting in the spool, and whether nothing at all is left to
  * send or to be acknowledged (a replayer is done). */
 uint64_t outbox_spooled(const struct outbox *o);

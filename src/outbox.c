@@ -251,7 +251,7 @@ static void ob_spool_done_if_empty(struct outbox *o)
  * it (it was forwarded, the PUBREC lost with the link, or the device resent
  * it with DUP) takes the replay for the same (§4.3.3), and the bridge never
  * picks an identifier the broker may still hold for another message
- * (§2.3.1, ob_free_pid). QoS 1 needs neither (the broker keeps no state
+ * (§2.3.1, outbox_free_pid). QoS 1 needs neither (the broker keeps no state
  * for it across links): it goes under one of the bridge's. hold: the bridge
  * answers this QoS 2 message's PUBREC itself (spool_append_pid). */
 static int ob_spool_append(struct outbox *o, const struct mqtt_publish *p, bool hold)
@@ -476,8 +476,10 @@ bool outbox_pid_in_use(const struct outbox *o, uint16_t pid)
  * device resends it; devices count their ids up from 1, so the bridge
  * counts down from 65535, far from them. 0 if none is free (cannot happen
  * with bounded in-flight windows). */
-static uint16_t ob_free_pid(struct outbox *o)
+uint16_t outbox_free_pid(struct outbox *o)
 {
+        if (!o)
+                return 0;
         for (unsigned tries = 0; tries < 65535; tries++) {
                 uint16_t pid = (uint16_t) (65535 - o->next_pid % 65535);
                 o->next_pid++;
@@ -559,7 +561,7 @@ static void ob_replay_pump(struct outbox *o)
                             (o->p.ops && o->p.ops->pid_busy && o->p.ops->pid_busy(o->p.ud, pid))))
                         pid = 0;
                 else if (!pid)
-                        pid = ob_free_pid(o);
+                        pid = outbox_free_pid(o);
                 if (pid == 0 || grow((void **) &o->replay, &o->cap_replay, o->n_replay, sizeof *o->replay) < 0) {
                         free(m);
                         spool_set_cursor(o->spool, cursor);

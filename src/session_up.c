@@ -52,16 +52,11 @@ const struct outbox_ops session_outbox_ops = {
  * on the uplink (the common case), else one of the bridge's. */
 static uint16_t session_up_pid(struct session *s, uint16_t want)
 {
-        static uint16_t next;
-
         if (want && !session_pid_busy(s, want) && !outbox_pid_in_use(s->outbox, want))
                 return want;
-        for (unsigned tries = 0; tries < 65535; tries++) {
-                uint16_t pid = ++next ? next : ++next;
-                if (!session_pid_busy(s, pid) && !outbox_pid_in_use(s->outbox, pid))
-                        return pid;
-        }
-        return 0;
+        /* The outbox's allocator also avoids QoS 2 ids the spool holds for
+         * a replay, and asks session_pid_busy for ours. */
+        return outbox_free_pid(s->outbox);
 }
 
 /* ---- PUBLISH, PUBREL ---- */
