@@ -5,7 +5,8 @@
  * policy — who a device is upstream, and where its topics go.
  *
  * Pure functions: no I/O, no global state. Strings in, malloc'ed strings
- * out (caller frees), negative errno on refusal.
+ * out (caller frees) or, on the message path, the caller's buffer;
+ * negative errno on refusal.
  */
 
 #include <stdbool.h>
@@ -13,6 +14,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "mqtt_codec.h"
 
 /*
  * A topic name the device PUBLISHes, mapped to the upstream topic:
@@ -22,6 +24,17 @@
  * Returns 0 and *out (malloc'ed, NUL-terminated), or negative errno.
  */
 int policy_topic_to_upstream(const char *mountpoint, const uint8_t *topic, size_t len, char **out);
+
+/*
+ * The same mapping and checks for the message path, without allocating:
+ * with no mountpoint *out is the topic itself (no copy); with one, the
+ * mapped topic is written to buf (cap >= strlen(mountpoint) + len, no NUL;
+ * POLICY_TOPIC_MAX always suffices) and *out points there. Returns 0, the
+ * refusals of policy_topic_to_upstream, or -ENOBUFS when buf is too small.
+ */
+#define POLICY_TOPIC_MAX 65535u
+int policy_topic_map(const char *mountpoint, const uint8_t *topic, size_t len, uint8_t *buf, size_t cap,
+                     struct mqtt_str *out);
 
 /*
  * A topic filter the device SUBSCRIBEs/UNSUBSCRIBEs, mapped upstream the

@@ -204,6 +204,14 @@ bool mqtt_topic_name_valid(const uint8_t *s, size_t len) {
         return mqtt_utf8_valid(s, len);
 }
 
+bool mqtt_topic_name_clean(const uint8_t *s, size_t len) {
+        if (len == 0 || len > UINT16_MAX || !s)
+                return false;
+        if (memchr(s, '+', len) || memchr(s, '#', len))
+                return false;
+        return utf8_check(s, len, true);
+}
+
 bool mqtt_topic_filter_valid(const uint8_t *s, size_t len) {
         size_t i, level_start = 0;
 

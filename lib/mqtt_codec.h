@@ -199,6 +199,9 @@ bool mqtt_utf8_valid(const uint8_t *s, size_t len);
 bool mqtt_string_clean(const uint8_t *s, size_t len);
 /* §4.7: topic name for PUBLISH: non-empty, valid UTF-8, no '+' or '#'. */
 bool mqtt_topic_name_valid(const uint8_t *s, size_t len);
+/* Both of the above (a valid topic name that is also clean), in one pass
+ * over the bytes: the check on every message a device publishes. */
+bool mqtt_topic_name_clean(const uint8_t *s, size_t len);
 /* §4.7.1: topic filter: non-empty, valid UTF-8, '#' only last and alone in
  * its level, '+' alone in its level. */
 bool mqtt_topic_filter_valid(const uint8_t *s, size_t len);

@@ -52,24 +52,54 @@ static int check_confined(const uint8_t *s, size_t len)
         return 0;
 }
 
+/* The checks on a topic name a device publishes to; the mountpoint that
+ * applies (NULL for none) in *mp. */
+static int check_topic_name(const char **mp, const uint8_t *topic, size_t len)
+{
+        /* §4.7.3: at least one character; §3.3.2.1: no wildcards in a name;
+         * and no control character (the broker's rule at the door). */
+        if (!mqtt_topic_name_clean(topic, len))
+                return -EINVAL;
+        if (*mp && **mp)
+                return check_confined(topic, len);
+        *mp = NULL;
+        return 0;
+}
+
 int policy_topic_to_upstream(const char *mountpoint, const uint8_t *topic, size_t len, char **out)
 {
         int r;
 
         *out = NULL;
-        /* §4.7.3: at least one character; §3.3.2.1: no wildcards in a name;
-         * and no control character (the broker's rule at the door). */
-        if (!topic || !mqtt_topic_name_valid(topic, len) || !mqtt_string_clean(topic, len))
-                return -EINVAL;
-
-        if (mountpoint && *mountpoint) {
-                r = check_confined(topic, len);
-                if (r < 0)
-                        return r;
-        } else
-                mountpoint = NULL;
-
+        r = check_topic_name(&mountpoint, topic, len);
+        if (r < 0)
+                return r;
         return join(mountpoint, topic, len, out);
+}
+
+int policy_topic_map(const char *mountpoint, const uint8_t *topic, size_t len, uint8_t *buf, size_t cap,
+                     struct mqtt_str *out)
+{
+        size_t mlen;
+        int r;
+
+        *out = (struct mqtt_str){ NULL, 0 };
+        r = check_topic_name(&mountpoint, topic, len);
+        if (r < 0)
+                return r;
+        mlen = mountpoint ? strlen(mountpoint) : 0;
+        if (len > MQTT_STRING_MAX || mlen > MQTT_STRING_MAX - len)
+                return -ENAMETOOLONG;
+        if (!mountpoint) {
+                *out = (struct mqtt_str){ topic, (uint16_t) len };
+                return 0;
+        }
+        if (!buf || cap < mlen + len)
+                return -ENOBUFS;
+        memcpy(buf, mountpoint, mlen);
+        memcpy(buf + mlen, topic, len);
+        *out = (struct mqtt_str){ buf, (uint16_t) (mlen + len) };
+        return 0;
 }
 
 int policy_filter_to_upstream(const char *mountpoint, const uint8_t *filter, size_t len, char **out)

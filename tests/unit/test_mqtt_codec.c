@@ -1057,7 +1057,16 @@ static void test_topic_valid(void **state) {
                         fail_msg("topic name '%s'", cases[i].s);
                 if (mqtt_topic_filter_valid(s, n) != cases[i].filter)
                         fail_msg("topic filter '%s'", cases[i].s);
+                /* clean = valid name and clean string, whatever the input */
+                if (mqtt_topic_name_clean(s, n) != (cases[i].name && mqtt_string_clean(s, n)))
+                        fail_msg("clean topic name '%s'", cases[i].s);
         }
+        assert_false(mqtt_topic_name_clean(S("a\x01b")));
+        assert_false(mqtt_topic_name_clean(S("a\x7f")));
+        assert_false(mqtt_topic_name_clean(S("a\xc2\x85")));   /* U+0085, C1 */
+        assert_true(mqtt_topic_name_clean(S("caf\xc3\xa9/x"))); /* U+00E9 */
+        assert_false(mqtt_topic_name_clean(S("a\xed\xa0\x80")));
+        assert_false(mqtt_topic_name_clean(NULL, 1));
         assert_false(mqtt_topic_name_valid(S("a\xed\xa0\x80")));
         assert_false(mqtt_topic_filter_valid(S("a/\xc0\x80")));
         {
@@ -1067,6 +1076,8 @@ static void test_topic_valid(void **state) {
                 memset(big, 'a', 65536);
                 assert_true(mqtt_topic_name_valid(big, 65535));
                 assert_false(mqtt_topic_name_valid(big, 65536));
+                assert_true(mqtt_topic_name_clean(big, 65535));
+                assert_false(mqtt_topic_name_clean(big, 65536));
                 assert_false(mqtt_topic_filter_valid(big, 65536));
                 free(big);
         }

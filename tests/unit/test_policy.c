@@ -112,9 +112,12 @@ static void test_mountpoint_too_long(void **state)
         free(cn);
 }
 
+static uint8_t map_buf[POLICY_TOPIC_MAX];
+
 static void to_up(const char *mp, const char *topic, int want_r, const char *want)
 {
         char *out = (char *) 1;
+        struct mqtt_str m;
 
         assert_int_equal(policy_topic_to_upstream(mp, U(topic), strlen(topic), &out), want_r);
         if (want_r == 0) {
@@ -122,6 +125,19 @@ static void to_up(const char *mp, const char *topic, int want_r, const char *wan
                 free(out);
         } else
                 assert_null(out);
+        /* The message path's variant agrees, and copies nothing without a
+         * mountpoint. */
+        assert_int_equal(policy_topic_map(mp, U(topic), strlen(topic), map_buf, sizeof map_buf, &m), want_r);
+        if (want_r == 0) {
+                assert_int_equal(m.len, strlen(want));
+                assert_memory_equal(m.data, want, m.len);
+                if (!mp || !*mp)
+                        assert_ptr_equal(m.data, U(topic));
+                else
+                        assert_ptr_equal(m.data, map_buf);
+        } else {
+                assert_null(m.data);
+        }
 }
 
 static void test_topic_to_upstream(void **state)
@@ -186,6 +202,17 @@ static void test_topic_binary(void **state)
         assert_int_equal(strlen(out), 65535);
         free(out);
         assert_int_equal(policy_filter_to_upstream("d/", big, 65534, &out), -ENAMETOOLONG);
+        /* policy_topic_map: the same limit, and a buffer too small is the
+         * caller's error, not a refusal of the topic */
+        struct mqtt_str m;
+        assert_int_equal(policy_topic_map("d/", big, 65534, map_buf, sizeof map_buf, &m), -ENAMETOOLONG);
+        assert_int_equal(policy_topic_map("d/", big, 65533, map_buf, sizeof map_buf, &m), 0);
+        assert_int_equal(m.len, 65535);
+        assert_int_equal(policy_topic_map("d/", big, 10, map_buf, 11, &m), -ENOBUFS);
+        assert_int_equal(policy_topic_map("d/", big, 10, map_buf, 12, &m), 0);
+        assert_memory_equal(m.data, "d/xxxxxxxxxx", 12);
+        assert_int_equal(policy_topic_map(NULL, big, 65535, NULL, 0, &m), 0);
+        assert_ptr_equal(m.data, big);
         free(big);
 }
 
