@@ -169,6 +169,11 @@ bool outbox_pid_in_use(const struct outbox *o, uint16_t pid);
  * 0 if none is free (or o is NULL). */
 uint16_t outbox_free_pid(struct outbox *o);
 
+/* Free the spare blocks kept for copies of messages in flight (up to
+ * max_inflight of them, so that a steady stream allocates nothing); call
+ * when the device is quiet. NULL-safe. */
+void outbox_trim(struct outbox *o);
+
 /* Messages waiting in the spool, and whether nothing at all is left to
  * send or to be acknowledged (a replayer is done). */
 uint64_t outbox_spooled(const struct outbox *o);

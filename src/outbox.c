@@ -34,13 +34,21 @@
 
 /* A message's topic and payload, kept while it is in flight. */
 struct ob_msg {
-        struct ob_msg *next;    /* QoS 0 queue only */
+        struct ob_msg *next;    /* QoS 0 queue, or the spare list */
         uint8_t qos;
         bool retain;
         uint16_t topic_len;
         size_t len;
+        size_t cap;             /* room in data[] */
         uint8_t data[];         /* topic, then payload */
 };
+
+/* Blocks for copies come back to a short spare list when the broker
+ * acknowledges, so a steady stream of messages allocates nothing; the
+ * list holds at most max_inflight blocks of up to OB_SPARE_MAX bytes, and
+ * outbox_trim() empties it once the device is quiet. */
+#define OB_SPARE_MIN 128u
+#define OB_SPARE_MAX 4096u
 
 enum ob_state {
         OB_WAIT_BROKER,         /* forwarded; copy kept */
@@ -97,6 +105,8 @@ struct outbox {
         uint64_t stuck_seq;             /* oldest in flight when a link died without progress */
         unsigned stuck_count;           /* ... how many links in a row */
 
+        struct ob_msg *spare;           /* free blocks for copies (ob_msg_new) */
+        unsigned n_spare;
         struct ob_msg *q0_head, *q0_tail;
         size_t q0_bytes;
         uint64_t counted_pending;       /* this spool's share of *p.spool_msgs */
@@ -122,17 +132,62 @@ static int grow(void **arr, unsigned *cap, unsigned n, size_t size)
         return 0;
 }
 
-static struct ob_msg *ob_msg_new(const struct mqtt_publish *p)
+static struct ob_msg *ob_msg_new(struct outbox *o, const struct mqtt_publish *p)
 {
-        struct ob_msg *m = malloc(sizeof *m + p->topic.len + p->payload_len);
+        size_t need = p->topic.len + p->payload_len, cap = need;
+        struct ob_msg *m = NULL;
 
+        if (need <= OB_SPARE_MAX) {
+                m = o->spare;
+                if (m) {
+                        o->spare = m->next;
+                        o->n_spare--;
+                        cap = m->cap;
+                        if (cap < need) { /* messages got bigger: a bigger block */
+                                free(m);
+                                m = NULL;
+                        }
+                }
+                if (!m)
+                        for (cap = OB_SPARE_MIN; cap < need; cap *= 2)
+                                ;
+        }
+        if (!m)
+                m = malloc(sizeof *m + cap);
         if (!m)
                 return NULL;
-        *m = (struct ob_msg){ .qos = p->qos, .retain = p->retain, .topic_len = p->topic.len, .len = p->payload_len };
+        *m = (struct ob_msg){ .qos = p->qos, .retain = p->retain, .topic_len = p->topic.len, .len = p->payload_len,
+                              .cap = cap };
         memcpy(m->data, p->topic.data, p->topic.len);
         if (p->payload_len)
                 memcpy(m->data + p->topic.len, p->payload, p->payload_len);
         return m;
+}
+
+/* Done with a copy: onto the spare list, or freed. NULL-safe. */
+static void ob_msg_free(struct outbox *o, struct ob_msg *m)
+{
+        if (!m)
+                return;
+        if (m->cap <= OB_SPARE_MAX && o->n_spare < o->p.max_inflight) {
+                m->next = o->spare;
+                o->spare = m;
+                o->n_spare++;
+                return;
+        }
+        free(m);
+}
+
+void outbox_trim(struct outbox *o)
+{
+        if (!o)
+                return;
+        while (o->spare) {
+                struct ob_msg *m = o->spare;
+                o->spare = m->next;
+                free(m);
+        }
+        o->n_spare = 0;
 }
 
 static struct mqtt_publish ob_msg_publish(const struct ob_msg *m)
@@ -411,6 +466,7 @@ void outbox_free(struct outbox *o)
                 free(o->fifo[i].copy);
         for (unsigned i = 0; i < o->n_rel; i++)
                 free(o->rel[i].copy);
+        outbox_trim(o);
         free(o->down2);
         while (o->q0_head) {
                 struct ob_msg *m = o->q0_head;
@@ -503,7 +559,7 @@ static void ob_flush_qos0(struct outbox *o)
                 if (!o->q0_head)
                         o->q0_tail = NULL;
                 o->q0_bytes -= m->len + m->topic_len;
-                free(m);
+                ob_msg_free(o, m);
         }
 }
 
@@ -635,7 +691,7 @@ void outbox_uplink_up(struct outbox *o, struct uplink *u, bool session_present)
                         } else if (o->p.ops && o->p.ops->complete) {
                                 o->p.ops->complete(o->p.ud, rl->pid);
                         }
-                        free(rl->copy);
+                        ob_msg_free(o, rl->copy);
                         o->rel[i] = o->rel[--o->n_rel];
                         continue;
                 }
@@ -644,7 +700,7 @@ void outbox_uplink_up(struct outbox *o, struct uplink *u, bool session_present)
                         if (uplink_send_ack(u, MQTT_PUBREL, rl->pid) == 0) {
                                 rl->released = true;
                                 rl->device_released = false;
-                                free(rl->copy);
+                                ob_msg_free(o, rl->copy);
                                 rl->copy = NULL;
                         }
                 }
@@ -752,7 +808,7 @@ int outbox_uplink_down(struct outbox *o, bool clean)
                 r = ob_spool_append(o, &p, true);
                 if (r < 0)
                         return r;
-                free(e->copy);
+                ob_msg_free(o, e->copy);
                 e->copy = NULL;
                 e->state = OB_WAIT_SYNC;
                 o->n_wait_broker--;
@@ -781,7 +837,7 @@ int outbox_uplink_down(struct outbox *o, bool clean)
                 while (o->n_rel > 0) {
                         struct ob_rel rl = o->rel[--o->n_rel];
                         bool had_copy = rl.copy != NULL;
-                        free(rl.copy);
+                        ob_msg_free(o, rl.copy);
                         /* Spooled and held above, or to complete now. */
                         if ((!had_copy || rl.device_released) && o->p.ops && o->p.ops->complete)
                                 o->p.ops->complete(o->p.ud, rl.pid);
@@ -810,10 +866,10 @@ static int ob_queue_qos0(struct outbox *o, const struct mqtt_publish *p)
                 if (!o->q0_head)
                         o->q0_tail = NULL;
                 o->q0_bytes -= m->len + m->topic_len;
-                free(m);
+                ob_msg_free(o, m);
                 count(o->p.stat_dropped);
         }
-        m = ob_msg_new(p);
+        m = ob_msg_new(o, p);
         if (!m)
                 return -ENOMEM;
         if (o->q0_tail)
@@ -862,12 +918,12 @@ int outbox_publish(struct outbox *o, const struct mqtt_publish *p)
                         return r;
                 return ob_fifo_push(o, p->packet_id, p->qos, OB_WAIT_SYNC, NULL);
         }
-        copy = ob_msg_new(p);
+        copy = ob_msg_new(o, p);
         if (!copy)
                 return -ENOMEM;
         r = ob_fifo_push(o, p->packet_id, p->qos, OB_WAIT_BROKER, copy);
         if (r < 0) {
-                free(copy);
+                ob_msg_free(o, copy);
                 return r;
         }
         struct mqtt_publish fwd = *p;
@@ -991,7 +1047,7 @@ void outbox_device_pubrel(struct outbox *o, uint16_t pid)
         if (o->up && uplink_send_ack(o->up, MQTT_PUBREL, pid) == 0) {
                 rl->released = true;
                 rl->device_released = false;
-                free(rl->copy);
+                ob_msg_free(o, rl->copy);
                 rl->copy = NULL;
         } else {
                 rl->device_released = true;
@@ -1005,7 +1061,7 @@ static bool ob_on_direct_ack(struct outbox *o, enum mqtt_type type, uint16_t pid
         if (type == MQTT_PUBCOMP) {
                 for (unsigned i = 0; i < o->n_rel; i++)
                         if (o->rel[i].pid == pid && o->rel[i].released) {
-                                free(o->rel[i].copy);
+                                ob_msg_free(o, o->rel[i].copy);
                                 o->rel[i] = o->rel[--o->n_rel];
                                 if (o->p.ops && o->p.ops->complete)
                                         o->p.ops->complete(o->p.ud, pid);
@@ -1026,7 +1082,7 @@ static bool ob_on_direct_ack(struct outbox *o, enum mqtt_type type, uint16_t pid
                         if (grow((void **) &o->down2, &o->cap_down2, o->n_down2, sizeof *o->down2) < 0)
                                 return true; /* stays waiting; resent after a reconnect */
                         o->down2[o->n_down2++] = pid;
-                        free(e->copy);
+                        ob_msg_free(o, e->copy);
                         e->copy = NULL;
                         e->state = OB_DONE;
                         o->n_wait_broker--;
@@ -1042,7 +1098,7 @@ static bool ob_on_direct_ack(struct outbox *o, enum mqtt_type type, uint16_t pid
                                 return true; /* stays waiting; resent after a reconnect */
                         o->rel[o->n_rel++] = (struct ob_rel){ .pid = pid, .copy = e->copy };
                 } else {
-                        free(e->copy);
+                        ob_msg_free(o, e->copy);
                 }
                 e->copy = NULL;
                 e->state = OB_DONE;
