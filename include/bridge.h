@@ -77,6 +77,8 @@ struct bridge {
         size_t n_listeners;
         struct session *sessions;    /* every live session */
         struct session *reap;        /* closed, to be freed outside callbacks */
+        struct session *busy;        /* sessions holding I/O buffers (session.c's trim sweep) */
+        sd_event_source *trim_timer;
         struct replayer *replayers;  /* spools sent upstream for absent devices */
         sd_event_source *reaper;
         sd_event_source *status_timer;
@@ -89,6 +91,9 @@ struct bridge {
         uint32_t nonce;              /* for generated client ids */
         struct bridge_stats stats;
         bool stopping;
+        /* A device's topic mapped under its mountpoint, on the message path
+         * (session_on_publish): one for all, handlers never nest. */
+        uint8_t topic_buf[65535];
 };
 
 /* Build everything from cfg (moved into the bridge: the caller's copy is

@@ -28,6 +28,11 @@ int session_new(struct bridge *b, int fd, const struct sockaddr *peer, socklen_t
  * DISCONNECT, without DISCONNECT otherwise (so the will fires). */
 void session_free(struct session *s);
 
+/* Create b->trim_timer, the sweep that gives the buffers of sessions
+ * quiet for a second back (off while no session is busy). Returns 0 or a
+ * negative errno. Freed by the bridge (sd_event_source_disable_unref). */
+int session_trim_start(struct bridge *b);
+
 /* Close for shutdown: close_notify to the device, then session_free. */
 void session_shutdown(struct session *s);
 

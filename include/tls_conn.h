@@ -10,8 +10,10 @@
  * epoll events to wait for. The read-wants-write / write-wants-read cases
  * (a TLS record that needs the other direction to progress) are tracked
  * here, as in redis's tls.c. Bytes that OpenSSL already decrypted are not
- * visible to epoll: tls_conn_read() must be called until it returns
- * -EAGAIN, or tls_conn_pending() consulted, or packets are stranded.
+ * visible to epoll: after tls_conn_read(), consult tls_conn_pending() (and
+ * read again while it is true), or packets are stranded. With nothing
+ * pending, level-triggered epoll reports whatever is still in the socket:
+ * no read that ends in -EAGAIN is needed.
  */
 
 #include <stdbool.h>
@@ -84,6 +86,15 @@ void tls_conn_shutdown(struct tls_conn *c);
 /* EPOLLIN/EPOLLOUT to wait for, given whether the caller has bytes queued
  * to write (has_output) and wants input at all (want_input). */
 unsigned tls_conn_poll_events(const struct tls_conn *c, bool has_output, bool want_input);
+
+/*
+ * Give the record buffers (~34 kB: 16 kB and some each way) back while the
+ * connection is idle; OpenSSL allocates them again at the next read or
+ * write. Does nothing while a record is half done. NULL-safe. Instead of
+ * SSL_MODE_RELEASE_BUFFERS, which frees and reallocates them on every
+ * record: two large allocations per message under load.
+ */
+void tls_conn_trim(struct tls_conn *c);
 
 /* Bytes OpenSSL holds decrypted (or a whole record buffered). */
 bool tls_conn_pending(const struct tls_conn *c);

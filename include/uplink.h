@@ -60,6 +60,11 @@ struct uplink_ops {
         /* The output buffer fell below the low-water mark after
          * uplink_writable() had returned false. May be NULL. */
         void (*on_writable)(void *ud);
+        /* Every packet of one read has been delivered (on_packet): the
+         * owner writes what they produced now, in one go (one TLS record
+         * for a batch of messages), instead of once per packet. Not called
+         * when the link was lost or closed meanwhile. May be NULL. */
+        void (*on_input_end)(void *ud);
 };
 
 /* What goes into the CONNECT (§3.1). Strings are copied by uplink_connect. */
@@ -122,6 +127,19 @@ bool uplink_is_connected(const struct uplink *u);
  */
 uint8_t *uplink_reserve(struct uplink *u, size_t n);
 void uplink_commit(struct uplink *u, size_t used);
+
+/*
+ * Write now what was committed (instead of at the end of the loop turn):
+ * for an owner that has just finished a batch. May report the link lost
+ * (on_lost) from inside. NULL-safe; does nothing when not connected or the
+ * socket is full (EPOLLOUT takes over).
+ */
+void uplink_push(struct uplink *u);
+
+/* Give back the buffers an idle link holds (empty input and output
+ * buffers, OpenSSL's record buffers); they come back when data moves.
+ * NULL-safe. */
+void uplink_trim(struct uplink *u);
 
 /* Encode and queue an ack (PUBACK/PUBREC/PUBREL/PUBCOMP). Returns 0,
  * -ENOTCONN or -ENOMEM. */

@@ -86,12 +86,15 @@ static int bridge_start_spool(struct bridge *b)
 }
 
 /* Descriptors one device can hold: its TLS socket, its uplink, its spool
- * file, and a replayer's uplink while it is away. */
+ * file, and a replayer's uplink while it is away (an idle device: 2). */
 #define BRIDGE_FDS_PER_DEVICE 4
 #define BRIDGE_FDS_BASE 64
 
-/* Running out of descriptors shows as refused accepts much later; say it
- * at start, while someone is looking. */
+/* Running out of descriptors shows as refused accepts much later. The
+ * soft limit is raised to what max_connections needs, as far as the hard
+ * limit allows (systemd's default soft limit, 1024, is for select(), which
+ * the daemon does not use; the unit's LimitNOFILE= gives the hard one);
+ * past that, say it at start, while someone is looking. */
 static void bridge_check_nofile(const struct bridge *b)
 {
         struct rlimit rl;
@@ -100,6 +103,18 @@ static void bridge_check_nofile(const struct bridge *b)
 
         if (!b->cfg.limits.max_connections || getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
                 return;
+        if ((unsigned long long) rl.rlim_cur < need) {
+                struct rlimit want = rl;
+                want.rlim_cur = rl.rlim_max == RLIM_INFINITY || (unsigned long long) rl.rlim_max >= need
+                                        ? (rlim_t) need
+                                        : rl.rlim_max;
+                if (want.rlim_cur > rl.rlim_cur && setrlimit(RLIMIT_NOFILE, &want) == 0) {
+                        log_info("file descriptor limit raised from %llu to %llu for max_connections = %u",
+                                 (unsigned long long) rl.rlim_cur, (unsigned long long) want.rlim_cur,
+                                 b->cfg.limits.max_connections);
+                        rl = want;
+                }
+        }
         if ((unsigned long long) rl.rlim_cur < need)
                 log_warning("[limits] max_connections = %u needs up to %llu file descriptors, the limit is %llu: "
                             "raise LimitNOFILE= (ulimit -n) or lower max_connections",
@@ -171,6 +186,9 @@ int bridge_start(struct bridge *b, sd_event *event, struct config *cfg)
         if (r < 0)
                 return r;
         sd_event_source_set_enabled(b->reaper, SD_EVENT_OFF);
+        r = session_trim_start(b);
+        if (r < 0)
+                return r;
 
         r = conn_limits_new(((uint64_t) b->nonce << 32) ^ (uint64_t) b->start_time_usec, &b->conn_limits);
         if (r < 0)
@@ -228,6 +246,7 @@ void bridge_stop(struct bridge *b)
         uplink_pool_free(b->uplinks);
         b->uplinks = NULL;
         sd_event_source_disable_unref(b->reaper);
+        sd_event_source_disable_unref(b->trim_timer);
         sd_event_source_disable_unref(b->status_timer);
         conn_limits_free(b->conn_limits); /* after every session and listener let go of theirs */
         inventory_free(b->inventory);

@@ -73,6 +73,87 @@ void session_arm_keepalive(struct session *s)
                 session_set_deadline(s, (uint64_t) s->keepalive * 1500000ULL);
 }
 
+/* ---- buffers only while data moves ---- */
+
+/* A session that read or wrote holds buffers: its input buffer, its
+ * output buffer, OpenSSL's record buffers (~34 kB), the outbox's spare
+ * message blocks, its uplink's. They stay while it is busy, so a message
+ * costs no allocation, and go once it has been quiet for a whole sweep
+ * (1-2 s): idle devices, most of them, hold none. The sweep visits only
+ * the busy list. */
+#define SESSION_TRIM_PERIOD_USEC (1000 * 1000ULL)
+
+void session_mark_busy(struct session *s)
+{
+        s->busy_now = true;
+        if (s->on_busy_list || s->state == S_CLOSED)
+                return;
+        s->on_busy_list = true;
+        LIST_PREPEND(busy, s->b->busy, s);
+        if (s->b->trim_timer && sd_event_source_get_enabled(s->b->trim_timer, NULL) == 0) {
+                uint64_t now = session_now(s);
+                sd_event_source_set_time(s->b->trim_timer, now + SESSION_TRIM_PERIOD_USEC);
+                sd_event_source_set_enabled(s->b->trim_timer, SD_EVENT_ONESHOT);
+        }
+}
+
+static void session_unmark_busy(struct session *s)
+{
+        if (!s->on_busy_list)
+                return;
+        LIST_REMOVE(busy, s->b->busy, s);
+        s->on_busy_list = false;
+}
+
+/* Release what an idle session does not need; what is half done (a
+ * partial packet, unsent bytes) stays. */
+static void session_trim(struct session *s)
+{
+        if (s->in_len == 0 && s->in) {
+                free(s->in);
+                s->in = NULL;
+                s->in_cap = 0;
+        }
+        if (s->out_off == s->out_len && s->out) {
+                free(s->out);
+                s->out = NULL;
+                s->out_off = s->out_len = s->out_cap = 0;
+        }
+        if (s->state != S_HANDSHAKE)
+                tls_conn_trim(&s->tls);
+        outbox_trim(s->outbox);
+        uplink_trim(s->up);
+}
+
+static int session_on_trim_timer(sd_event_source *src, uint64_t usec, void *userdata)
+{
+        struct bridge *b = userdata;
+        struct session *s, *next;
+
+        LIST_FOREACH_SAFE(busy, s, next, b->busy) {
+                if (s->busy_now) {
+                        s->busy_now = false;
+                        continue;
+                }
+                session_trim(s);
+                session_unmark_busy(s);
+        }
+        if (b->busy) {
+                sd_event_source_set_time(src, usec + SESSION_TRIM_PERIOD_USEC);
+                sd_event_source_set_enabled(src, SD_EVENT_ONESHOT);
+        }
+        return 0;
+}
+
+int session_trim_start(struct bridge *b)
+{
+        int r = sd_event_add_time(b->event, &b->trim_timer, CLOCK_MONOTONIC, 0, SESSION_TRIM_PERIOD_USEC / 4,
+                                  session_on_trim_timer, b);
+        if (r < 0)
+                return r;
+        return sd_event_source_set_enabled(b->trim_timer, SD_EVENT_OFF);
+}
+
 /* ---- output to the device ---- */
 
 /* Reserve n bytes at the end of the output buffer. NULL if over the limit
@@ -158,6 +239,7 @@ static int session_write_out(struct session *s, char *why, size_t whylen)
                         return (int) n;
                 s->out_off += (size_t) n;
                 s->b->stats.bytes_to_devices += (uint64_t) n;
+                session_mark_busy(s);
         }
         /* Idle devices are most of them: keep no big buffer around. */
         s->out_off = s->out_len = 0;
@@ -340,6 +422,12 @@ static void session_process_input(struct session *s)
                 session_close(s, LOG_LEVEL_ERR, "cannot write the spool (fsync failed)");
                 return;
         }
+        /* The batch upstream in one write, now rather than from a deferred
+         * event (one dispatch less per message, and no wait for the rest
+         * of the loop turn). */
+        uplink_push(s->up);
+        if (s->state == S_CLOSED)
+                return;
         if (s->in_len == 0 && s->in_cap > SESSION_READ_CHUNK) {
                 free(s->in);
                 s->in = NULL;
@@ -394,16 +482,16 @@ static void session_read(struct session *s)
                 s->in_len += (size_t) n;
                 s->b->stats.bytes_from_devices += (uint64_t) n;
                 s->last_activity = realtime_usec();
+                session_mark_busy(s);
                 session_process_input(s);
                 if (s->state == S_CLOSED)
                         return;
-        }
-        if (s->in_len == 0 && s->in) {
-                /* Idle devices are most of them: hold no input buffer
-                 * (SESSION_READ_CHUNK bytes each) between reads. */
-                free(s->in);
-                s->in = NULL;
-                s->in_cap = 0;
+                /* Nothing held in OpenSSL: the socket's rest (if any) is
+                 * epoll's to report (level-triggered), so no read(2) that
+                 * only says EAGAIN, one system call and ~2,000
+                 * instructions per message saved. */
+                if (!tls_conn_pending(&s->tls))
+                        break;
         }
 }
 
@@ -451,6 +539,7 @@ static void session_handshake(struct session *s)
         else
                 s->b->stats.handshakes_full++;
         s->state = S_WAIT_CONNECT;
+        session_mark_busy(s); /* the handshake's buffers go once it is quiet */
         {
                 struct log_fields f = session_fields(s, NULL);
                 SSL_SESSION *sess = SSL_get_session(s->tls.ssl);
@@ -587,6 +676,7 @@ void session_close(struct session *s, enum log_level level, const char *reason)
         sd_event_source_set_enabled(s->resume, SD_EVENT_OFF);
         sd_event_source_set_enabled(s->reconnect, SD_EVENT_OFF);
         LIST_REMOVE(sessions, s->b->sessions, s);
+        session_unmark_busy(s);
         s->reap_next = s->b->reap;
         s->b->reap = s;
         bridge_schedule_reap(s->b);
@@ -628,6 +718,7 @@ void session_free(struct session *s)
                 return;
         if (s->state != S_CLOSED)
                 LIST_REMOVE(sessions, s->b->sessions, s);
+        session_unmark_busy(s);
         session_close_uplink(s, s->clean_disconnect);
         if (s->counted_device) {
                 s->b->n_devices--;

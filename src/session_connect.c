@@ -328,6 +328,14 @@ static void up_on_packet(void *ud, const struct mqtt_packet *pkt, const uint8_t 
         default:
                 break;
         }
+}
+
+/* The packets of one read from the broker are in: their acknowledgements
+ * and messages go to the device together (up_on_packet only queued them). */
+static void up_on_input_end(void *ud)
+{
+        struct session *s = ud;
+
         if (s->state == S_CLOSED)
                 return;
         if (s->input_paused && !outbox_full(s->outbox))
@@ -389,6 +397,7 @@ static const struct uplink_ops session_uplink_ops = {
         .on_packet = up_on_packet,
         .on_lost = up_on_lost,
         .on_writable = up_on_writable,
+        .on_input_end = up_on_input_end,
 };
 
 /* ---- CONNECT ---- */

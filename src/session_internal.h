@@ -60,6 +60,9 @@ struct pending_req {
 struct session {
         struct bridge *b;
         LIST_FIELDS(struct session, sessions);
+        LIST_FIELDS(struct session, busy); /* b->busy: holds buffers (session_mark_busy) */
+        bool on_busy_list;
+        bool busy_now;            /* I/O since the last trim sweep */
         struct session *reap_next;
         enum session_state state;
         int fd;
@@ -126,6 +129,7 @@ void session_send_connack(struct session *s, bool session_present, uint8_t rc);
 void session_flush(struct session *s);
 void session_update_events(struct session *s);
 void session_kick_input(struct session *s);
+void session_mark_busy(struct session *s);
 
 /* session_connect.c */
 void session_on_connect(struct session *s, const struct mqtt_connect *c);

@@ -63,14 +63,17 @@ static uint16_t session_up_pid(struct session *s, uint16_t want)
 
 void session_on_publish(struct session *s, const struct mqtt_publish *p)
 {
-        char *topic = NULL;
+        struct mqtt_str topic;
         int r;
 
         s->b->stats.msgs_from_devices[p->qos]++;
         s->b->stats.payload_bytes_from_devices[p->qos] += p->payload_len;
         s->msgs_in++;
 
-        r = policy_topic_to_upstream(s->mountpoint, p->topic.data, p->topic.len, &topic);
+        /* Mapped into the bridge's one topic buffer (handlers never nest):
+         * no allocation per message. */
+        r = policy_topic_map(s->mountpoint, p->topic.data, p->topic.len, s->b->topic_buf, sizeof s->b->topic_buf,
+                             &topic);
         if (r == -EINVAL) {
                 /* A control character: closed, never forwarded or spooled
                  * (mosquitto closes such a connection too). */
@@ -90,12 +93,8 @@ void session_on_publish(struct session *s, const struct mqtt_publish *p)
                 return;
         }
         struct mqtt_publish up = *p;
-        up.topic = (struct mqtt_str){ (const uint8_t *) topic, (uint16_t) strlen(topic) };
-        if (strlen(topic) > 65535)
-                r = -EMSGSIZE;
-        else
-                r = outbox_publish(s->outbox, &up);
-        free(topic);
+        up.topic = topic;
+        r = outbox_publish(s->outbox, &up);
         if (r >= 0)
                 return;
         if (r == -ENOSPC) {

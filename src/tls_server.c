@@ -454,10 +454,11 @@ int tls_server_ctx_new(const struct config_listener *l, SSL_CTX **out, char *err
          * its session out of the cache. */
         SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
                                  SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
-        /* Idle devices are most of them: give their 34 kB of record buffers
-         * back between reads. Partial writes keep the event loop fair. */
-        SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
-                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        /* Partial writes keep the event loop fair. Record buffers are not
+         * released after every record (SSL_MODE_RELEASE_BUFFERS: two large
+         * allocations per message) but once a device is quiet
+         * (tls_conn_trim from the session's idle sweep). */
+        SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
         /* One read(2) per record, or several records per read(2) under
          * load, instead of the 5-byte header and the body apart;
          * tls_conn_pending() already asks SSL_has_pending(). */
@@ -666,7 +667,11 @@ int tls_client_ctx_new(const struct config_upstream *u, SSL_CTX **out, char *err
                 return -ENOMEM;
         }
         SSL_CTX_set_min_proto_version(ctx, u->tls_version_min ? u->tls_version_min : TLS1_2_VERSION);
-        SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+        /* Record buffers: kept while data moves, given back by uplink_trim
+         * (not SSL_MODE_RELEASE_BUFFERS, which reallocates per record).
+         * Read-ahead: one read(2) per record or several, not the header
+         * and the body apart (tls_conn_pending asks SSL_has_pending). */
+        SSL_CTX_set_read_ahead(ctx, 1);
         if (u->ciphers && SSL_CTX_set_cipher_list(ctx, u->ciphers) != 1) {
                 openssl_reason(why, sizeof why);
                 snprintf(err, errlen, "[upstream] ciphers: \"%s\": %s", u->ciphers, why);

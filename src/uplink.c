@@ -330,6 +330,16 @@ static void uplink_read(struct uplink *u)
                         uplink_lost(u, "out of memory for input from the broker");
                         return;
                 }
+                /* A short read emptied the socket, and OpenSSL holds
+                 * nothing: level-triggered epoll reports what comes next,
+                 * without a read(2) that only says EAGAIN. */
+                if (u->tls ? !tls_conn_pending(&u->tc) : (size_t) n < UPLINK_READ_CHUNK) {
+                        /* This read may have completed a packet held in
+                         * u->in: nothing would wake us for it. */
+                        if (bytebuf_size(&u->in) && !u->draining)
+                                uplink_feed_held(u);
+                        return;
+                }
         }
         /* Out of turns: come back after the others, even if epoll would
          * not wake us (bytes OpenSSL holds, or input held in u->in). */
@@ -604,6 +614,31 @@ fail:
 }
 
 /* ---- the owner's side ---- */
+
+void uplink_push(struct uplink *u)
+{
+        if (!uplink_is_connected(u) || u->write_blocked || bytebuf_size(&u->out) == 0)
+                return;
+        uplink_enter(u);
+        (void) uplink_flush(u);
+        /* Written: the deferred write scheduled by uplink_commit has
+         * nothing left to do, and a dispatch costs more than this. */
+        if (uplink_alive(u) && !u->input_pass && u->defer)
+                (void) sd_event_source_set_enabled(u->defer, SD_EVENT_OFF);
+        uplink_leave(u);
+}
+
+void uplink_trim(struct uplink *u)
+{
+        if (!u)
+                return;
+        if (bytebuf_size(&u->out) == 0)
+                bytebuf_free(&u->out);
+        if (bytebuf_size(&u->in) == 0)
+                bytebuf_free(&u->in);
+        if (u->tls && u->tc.handshake_done)
+                tls_conn_trim(&u->tc);
+}
 
 bool uplink_is_connected(const struct uplink *u)
 {

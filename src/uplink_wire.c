@@ -158,6 +158,10 @@ static void uplink_on_packet(struct uplink *u, const uint8_t *raw, size_t len)
         }
         switch (pkt.type) {
         case MQTT_PINGRESP:
+                /* Our PINGREQ went because nothing else did: a quiet link
+                 * (§3.1.2.10) needs no buffers until data moves again. */
+                if (bytebuf_size(&u->out) == 0)
+                        uplink_trim(u);
                 return;
         case MQTT_PUBLISH:
         case MQTT_PUBACK:
@@ -180,6 +184,8 @@ static void uplink_on_packet(struct uplink *u, const uint8_t *raw, size_t len)
 size_t uplink_feed(struct uplink *u, const uint8_t *buf, size_t len)
 {
         size_t off = 0, plen;
+        const struct uplink_ops *ops = u->ops;
+        void *ud = u->ud;
 
         while (off < len && uplink_alive(u) && u->ops && !u->paused) {
                 int r = mqtt_frame(buf + off, len - off, u->pool->max_packet, &plen);
@@ -197,6 +203,8 @@ size_t uplink_feed(struct uplink *u, const uint8_t *buf, size_t len)
                 uplink_on_packet(u, buf + off, plen);
                 off += plen;
         }
+        if (off > 0 && uplink_alive(u) && u->ops == ops && ops && ops->on_input_end)
+                ops->on_input_end(ud);
         return off;
 }
 
