@@ -16,6 +16,12 @@
  *         --window messages that subscriber 0 has not received yet).
  *         Prints one JSON line: delivered msg/s, p50/p90/p99/max latency,
  *         lost and duplicated deliveries.
+ *         With --marks K1,K2,... (run, fixed rate) every publisher pauses
+ *         once it has sent K1 messages; when all of them are delivered
+ *         (and acknowledged, QoS 1) and --mark-settle has passed, it prints
+ *         "MARK 1 sent=..." and waits for a line on stdin before going on
+ *         to K2, and so on: quiescent points at which the caller can read
+ *         a server's counters (bench/run.py: allocations per message).
  *   idle  --n device sessions (CONNECT, CONNACK, then nothing but
  *         keepalive), --concurrency connects in flight; prints
  *         "READY connected=... failed=..." once all are up and holds them
@@ -28,6 +34,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -49,6 +56,7 @@
 #define HDR_LEN 24u
 #define MAX_BIND 64
 #define MAX_LAT_SAMPLES (64u * 1024u * 1024u)
+#define MAX_MARKS 16
 
 enum role { ROLE_PUB, ROLE_SUB, ROLE_IDLE };
 
@@ -88,6 +96,9 @@ struct opts {
         unsigned pubs, subs, qos, size, window, concurrency, keepalive;
         double rate, warmup, duration, drain, connect_timeout, hold;
         uint64_t count;
+        uint64_t marks[MAX_MARKS];
+        unsigned n_marks;
+        double mark_settle, mark_timeout;
         const char *topic_prefix, *label;
         bool no_tls_pub, no_tls_sub;
 };
@@ -97,6 +108,7 @@ static struct opts o = {
         .pubs = 10, .subs = 1, .qos = 0, .size = 100, .window = 20, .concurrency = 64,
         .keepalive = 600, .rate = 0, .warmup = 1.0, .duration = 5.0, .drain = 3.0,
         .connect_timeout = 60.0, .hold = 600.0, .topic_prefix = "bench", .label = "",
+        .mark_settle = 0.1, .mark_timeout = 120.0,
 };
 
 static int ep = -1;
@@ -112,6 +124,7 @@ static size_t n_lat, cap_lat;
 static uint64_t t_start, t_win_lo, t_win_hi;
 static uint64_t delivered_in_window, delivered_total, dups, foreign;
 static bool publishing;
+static unsigned next_mark; /* index into o.marks of the next pause */
 static unsigned n_connected, n_failed, n_subscribed;
 
 static uint64_t now_ns(void)
@@ -489,6 +502,13 @@ static void publish_one(struct client *c, uint64_t now)
         client_after(c, MOSQ_ERR_SUCCESS);
 }
 
+/* May this publisher send another message now? Not past --count, nor past
+ * the next --marks pause. */
+static bool pub_capped(const struct client *c)
+{
+        return (o.count && c->seq >= o.count) || (next_mark < o.n_marks && c->seq >= o.marks[next_mark]);
+}
+
 /* Publish whatever is due. */
 static void pump(uint64_t now)
 {
@@ -510,8 +530,7 @@ static void pump(uint64_t now)
                 if (o.rate > 0) {
                         double period = 1e9 * o.pubs / o.rate;
                         unsigned burst = 0;
-                        while (c->next_due <= now && !c->failed && burst++ < 1000 &&
-                               !(o.count && c->seq >= o.count)) {
+                        while (c->next_due <= now && !c->failed && burst++ < 1000 && !pub_capped(c)) {
                                 publish_one(c, now);
                                 c->next_due += (uint64_t)period;
                         }
@@ -521,7 +540,7 @@ static void pump(uint64_t now)
                                 c->seen = c->seq;
                                 c->last_progress = now;
                         }
-                        while (c->seq - c->seen < o.window && !c->failed && !(o.count && c->seq >= o.count))
+                        while (c->seq - c->seen < o.window && !c->failed && !pub_capped(c))
                                 publish_one(c, now);
                 }
         }
@@ -650,6 +669,79 @@ static int mode_idle(void)
         return 0;
 }
 
+/* Every message sent so far delivered to every subscriber, and (QoS 1)
+ * acknowledged to its publisher. */
+static bool all_delivered(void)
+{
+        uint64_t expected = 0;
+
+        for (unsigned i = 0; i < o.pubs; i++)
+                expected += clients[o.subs + i].seq * o.subs;
+        if (delivered_total - dups < expected)
+                return false;
+        if (o.qos > 0)
+                for (unsigned i = 0; i < o.pubs; i++) {
+                        const struct client *c = &clients[o.subs + i];
+                        if (!c->failed && c->puback < c->seq)
+                                return false;
+                }
+        return true;
+}
+
+/* Wait (looping) until a line arrives on stdin, or timeout_ns. */
+static bool wait_stdin_line(uint64_t timeout_ns, int tick_fd, int misc_fd)
+{
+        uint64_t end = now_ns() + timeout_ns;
+        char buf[256];
+
+        while (!stop_flag && now_ns() < end) {
+                struct pollfd pfd = { .fd = 0, .events = POLLIN };
+                if (poll(&pfd, 1, 0) > 0) {
+                        ssize_t n = read(0, buf, sizeof buf);
+                        /* EOF counts as "go on": the caller is gone. */
+                        if (n <= 0 || memchr(buf, '\n', (size_t)n))
+                                return n > 0;
+                }
+                bool ticked = false;
+                loop_once(5, tick_fd, misc_fd, &ticked);
+        }
+        return false;
+}
+
+/* Every publisher reached o.marks[next_mark]: let the path empty, settle,
+ * report, wait for the caller, and pick the schedule up from now (the
+ * pause must not turn into a catch-up burst). */
+static void mark_pause(int tick_fd, int misc_fd)
+{
+        uint64_t end = now_ns() + (uint64_t)(o.drain * 1e9);
+        bool drained;
+
+        while (!(drained = all_delivered()) && !stop_flag && now_ns() < end) {
+                bool ticked = false;
+                loop_once(5, tick_fd, misc_fd, &ticked);
+        }
+        uint64_t settle_end = now_ns() + (uint64_t)(o.mark_settle * 1e9);
+        while (!stop_flag && now_ns() < settle_end) {
+                bool ticked = false;
+                loop_once(5, tick_fd, misc_fd, &ticked);
+        }
+        uint64_t sent = 0;
+        for (unsigned i = 0; i < o.pubs; i++)
+                sent += clients[o.subs + i].seq;
+        printf("MARK %u sent=%" PRIu64 " delivered=%" PRIu64 " drained=%d\n", next_mark + 1, sent,
+               delivered_total - dups, drained);
+        fflush(stdout);
+        if (!wait_stdin_line((uint64_t)(o.mark_timeout * 1e9), tick_fd, misc_fd))
+                fprintf(stderr, "bench-loadgen: no go-ahead on stdin after MARK %u\n", next_mark + 1);
+        next_mark++;
+        uint64_t now = now_ns();
+        for (unsigned i = 0; i < o.pubs; i++) {
+                struct client *c = &clients[o.subs + i];
+                c->next_due = now + (o.rate > 0 ? (uint64_t)((double)i * 1e9 / o.rate) : 0);
+                c->last_progress = now;
+        }
+}
+
 static int mode_run(void)
 {
         int misc_fd = make_timer(1000000000ull);
@@ -699,6 +791,18 @@ static int mode_run(void)
                 bool ticked = false;
                 uint64_t now = now_ns();
                 pump(now);
+                if (next_mark < o.n_marks) {
+                        bool at_mark = true;
+                        for (unsigned i = 0; i < o.pubs; i++) {
+                                const struct client *c = &clients[o.subs + i];
+                                if (!c->failed && c->seq < o.marks[next_mark])
+                                        at_mark = false;
+                        }
+                        if (at_mark) {
+                                mark_pause(tick_fd, misc_fd);
+                                continue;
+                        }
+                }
                 bool all_done = true;
                 for (unsigned i = 0; i < o.pubs; i++) {
                         struct client *c = &clients[o.subs + i];
@@ -783,6 +887,9 @@ static void usage(FILE *f)
               "  --window W                  closed loop: in flight per publisher (20)\n"
               "  --warmup S --duration S --drain S   (1, 5, 3)\n"
               "  --count K                   each publisher sends exactly K messages instead\n"
+              "  --marks K1,K2,...           pause at these per-publisher counts: drain, print\n"
+              "                              MARK, wait for a line on stdin (see the top)\n"
+              "  --mark-settle S --mark-timeout S   (0.1, 120)\n"
               "  --concurrency C             connects in flight (64)\n"
               "  --keepalive S --hold S --connect-timeout S\n"
               "  --topic-prefix T --label L  --no-tls-pub --no-tls-sub\n", f);
@@ -794,13 +901,25 @@ static void split_bind(char *s)
                 o.bind[o.n_bind++] = tok;
 }
 
+static void split_marks(char *s)
+{
+        for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
+                if (o.n_marks == MAX_MARKS)
+                        die("at most %d --marks", MAX_MARKS);
+                o.marks[o.n_marks] = strtoull(tok, NULL, 10);
+                if (o.n_marks && o.marks[o.n_marks] <= o.marks[o.n_marks - 1])
+                        die("--marks must increase");
+                o.n_marks++;
+        }
+}
+
 int main(int argc, char **argv)
 {
         enum {
                 O_PUB_HOST = 256, O_PUB_PORT, O_SUB_HOST, O_SUB_PORT, O_BIND, O_CA, O_CERT, O_KEY, O_SUB_CERT,
                 O_SUB_KEY, O_USER, O_PASS, O_PUBS, O_SUBS, O_QOS, O_SIZE, O_RATE, O_WINDOW, O_WARMUP,
                 O_DURATION, O_DRAIN, O_COUNT, O_CONC, O_KEEPALIVE, O_HOLD, O_CTIMEOUT, O_PREFIX, O_LABEL,
-                O_NO_TLS_PUB, O_NO_TLS_SUB,
+                O_NO_TLS_PUB, O_NO_TLS_SUB, O_MARKS, O_MARK_SETTLE, O_MARK_TIMEOUT,
         };
         static const struct option lo[] = {
                 { "pub-host", 1, NULL, O_PUB_HOST }, { "pub-port", 1, NULL, O_PUB_PORT },
@@ -816,7 +935,9 @@ int main(int argc, char **argv)
                 { "keepalive", 1, NULL, O_KEEPALIVE }, { "hold", 1, NULL, O_HOLD },
                 { "connect-timeout", 1, NULL, O_CTIMEOUT }, { "topic-prefix", 1, NULL, O_PREFIX },
                 { "label", 1, NULL, O_LABEL }, { "no-tls-pub", 0, NULL, O_NO_TLS_PUB },
-                { "no-tls-sub", 0, NULL, O_NO_TLS_SUB }, { "help", 0, NULL, 'h' }, { NULL, 0, NULL, 0 },
+                { "no-tls-sub", 0, NULL, O_NO_TLS_SUB }, { "marks", 1, NULL, O_MARKS },
+                { "mark-settle", 1, NULL, O_MARK_SETTLE }, { "mark-timeout", 1, NULL, O_MARK_TIMEOUT },
+                { "help", 0, NULL, 'h' }, { NULL, 0, NULL, 0 },
         };
         int ch;
 
@@ -858,6 +979,9 @@ int main(int argc, char **argv)
                 case O_LABEL: o.label = optarg; break;
                 case O_NO_TLS_PUB: o.no_tls_pub = true; break;
                 case O_NO_TLS_SUB: o.no_tls_sub = true; break;
+                case O_MARKS: split_marks(optarg); break;
+                case O_MARK_SETTLE: o.mark_settle = strtod(optarg, NULL); break;
+                case O_MARK_TIMEOUT: o.mark_timeout = strtod(optarg, NULL); break;
                 case 'h': usage(stdout); return 0;
                 default: usage(stderr); return 2;
                 }
