@@ -39,6 +39,15 @@
  *   64      reallocs  realloc() calls, every one (growing or not)
  *   72      memaligns posix_memalign + aligned_alloc + memalign + valloc +
  *                     pvalloc calls
+ *   80      tls_allocs of allocs, those called from OpenSSL itself (the
+ *                     caller's address inside libssl or libcrypto, e.g.
+ *                     CRYPTO_malloc): what the program's own code does not
+ *                     control; allocs - tls_allocs is the rest
+ *
+ * Version 2 added tls_allocs. The address ranges of libssl and libcrypto
+ * are taken once, in the constructor (dl_iterate_phdr: every DT_NEEDED
+ * object is mapped by then); an OpenSSL loaded later with dlopen() is
+ * not recognised.
  *
  * Calls are counted whether or not they succeed. Increments are relaxed
  * atomics (__atomic builtins): a reader may see one counter a step ahead of
@@ -50,9 +59,14 @@
  * Only loaded in builds without sanitizers (ASan brings its own
  * allocator); it is compiled, with -Werror, in every build.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
+#include <link.h>
 #include <malloc.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,10 +82,15 @@ extern void *__libc_memalign(size_t align, size_t size);
 
 enum {
         AC_MAGIC, AC_VERSION, AC_PID, AC_ALLOCS, AC_FREES, AC_BYTES,
-        AC_MALLOCS, AC_CALLOCS, AC_REALLOCS, AC_MEMALIGNS,
+        AC_MALLOCS, AC_CALLOCS, AC_REALLOCS, AC_MEMALIGNS, AC_TLS_ALLOCS,
         AC_N_FIELDS,
 };
-#define AC_VERSION_1 1u
+#define AC_VERSION_2 2u
+
+/* Executable segments of libssl and libcrypto: [lo, hi). */
+#define AC_MAX_RANGES 8
+static struct { uintptr_t lo, hi; } tls_ranges[AC_MAX_RANGES];
+static unsigned n_tls_ranges;
 
 _Static_assert(AC_N_FIELDS * sizeof(uint64_t) <= 4096, "the layout fits the smallest page");
 
@@ -85,11 +104,41 @@ static inline void bump(int field, uint64_t by)
                 __atomic_fetch_add(&c[field], by, __ATOMIC_RELAXED);
 }
 
-static inline void count_alloc(int kind, size_t size)
+static inline bool from_tls(const void *caller)
+{
+        uintptr_t a = (uintptr_t)caller;
+
+        for (unsigned i = 0; i < n_tls_ranges; i++)
+                if (a >= tls_ranges[i].lo && a < tls_ranges[i].hi)
+                        return true;
+        return false;
+}
+
+/* caller: __builtin_return_address(0) of the interposed entry point. */
+static inline void count_alloc(int kind, size_t size, const void *caller)
 {
         bump(kind, 1);
         bump(AC_ALLOCS, 1);
         bump(AC_BYTES, size);
+        if (from_tls(caller))
+                bump(AC_TLS_ALLOCS, 1);
+}
+
+static int find_tls(struct dl_phdr_info *info, size_t size, void *data)
+{
+        (void)size;
+        (void)data;
+        if (!info->dlpi_name || (!strstr(info->dlpi_name, "/libssl.so") && !strstr(info->dlpi_name, "/libcrypto.so")))
+                return 0;
+        for (unsigned i = 0; i < info->dlpi_phnum && n_tls_ranges < AC_MAX_RANGES; i++) {
+                const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+                if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
+                        continue;
+                tls_ranges[n_tls_ranges].lo = info->dlpi_addr + ph->p_vaddr;
+                tls_ranges[n_tls_ranges].hi = info->dlpi_addr + ph->p_vaddr + ph->p_memsz;
+                n_tls_ranges++;
+        }
+        return 0;
 }
 
 static void alloc_count_init(void) __attribute__((constructor));
@@ -117,7 +166,8 @@ static void alloc_count_init(void)
         if (map == MAP_FAILED)
                 goto out;
         uint64_t *c = map;
-        c[AC_VERSION] = AC_VERSION_1;
+        (void)dl_iterate_phdr(find_tls, NULL);
+        c[AC_VERSION] = AC_VERSION_2;
         c[AC_PID] = (uint64_t)getpid();
         /* The magic last: a reader that sees it sees a set-up file. */
         __atomic_thread_fence(__ATOMIC_RELEASE);
@@ -129,7 +179,7 @@ out:
 
 void *malloc(size_t size)
 {
-        count_alloc(AC_MALLOCS, size);
+        count_alloc(AC_MALLOCS, size, __builtin_return_address(0));
         return __libc_malloc(size);
 }
 
@@ -139,7 +189,7 @@ void *calloc(size_t n, size_t size)
 
         if (__builtin_mul_overflow(n, size, &total))
                 total = SIZE_MAX;
-        count_alloc(AC_CALLOCS, total);
+        count_alloc(AC_CALLOCS, total, __builtin_return_address(0));
         return __libc_calloc(n, size);
 }
 
@@ -149,6 +199,8 @@ void *realloc(void *p, size_t size)
         if (!p) {
                 bump(AC_ALLOCS, 1);
                 bump(AC_BYTES, size);
+                if (from_tls(__builtin_return_address(0)))
+                        bump(AC_TLS_ALLOCS, 1);
         } else if (size == 0) {
                 /* glibc frees p and returns NULL. */
                 bump(AC_FREES, 1);
@@ -159,6 +211,8 @@ void *realloc(void *p, size_t size)
                 bump(AC_ALLOCS, 1);
                 bump(AC_FREES, 1);
                 bump(AC_BYTES, size);
+                if (from_tls(__builtin_return_address(0)))
+                        bump(AC_TLS_ALLOCS, 1);
         }
         return __libc_realloc(p, size);
 }
@@ -172,19 +226,19 @@ void free(void *p)
 
 void *memalign(size_t align, size_t size)
 {
-        count_alloc(AC_MEMALIGNS, size);
+        count_alloc(AC_MEMALIGNS, size, __builtin_return_address(0));
         return __libc_memalign(align, size);
 }
 
 void *aligned_alloc(size_t align, size_t size)
 {
-        count_alloc(AC_MEMALIGNS, size);
+        count_alloc(AC_MEMALIGNS, size, __builtin_return_address(0));
         return __libc_memalign(align, size);
 }
 
 int posix_memalign(void **out, size_t align, size_t size)
 {
-        count_alloc(AC_MEMALIGNS, size);
+        count_alloc(AC_MEMALIGNS, size, __builtin_return_address(0));
         /* POSIX: a power of two and a multiple of sizeof(void *). */
         if (align == 0 || (align & (align - 1)) != 0 || align % sizeof(void *) != 0)
                 return EINVAL;
@@ -199,7 +253,7 @@ int posix_memalign(void **out, size_t align, size_t size)
 
 void *valloc(size_t size)
 {
-        count_alloc(AC_MEMALIGNS, size);
+        count_alloc(AC_MEMALIGNS, size, __builtin_return_address(0));
         return __libc_memalign((size_t)sysconf(_SC_PAGESIZE), size);
 }
 
@@ -207,7 +261,7 @@ void *pvalloc(size_t size)
 {
         size_t page = (size_t)sysconf(_SC_PAGESIZE);
 
-        count_alloc(AC_MEMALIGNS, size);
+        count_alloc(AC_MEMALIGNS, size, __builtin_return_address(0));
         if (size > SIZE_MAX - page) {
                 errno = ENOMEM;
                 return NULL;

@@ -6,7 +6,7 @@ counter) from outside the counted process, at any moment.
     before = read_counts(path); ...; after = read_counts(path)
     delta(before, after)["allocs"]
 
-The layout (version 1) is documented in alloc_count.c: native-endian
+The layout (version 2) is documented in alloc_count.c: native-endian
 uint64_t fields at fixed offsets after the 8-byte magic "ALLOCCNT".
 """
 
@@ -14,7 +14,8 @@ import os
 import struct
 
 MAGIC = b"ALLOCCNT"
-FIELDS = ("version", "pid", "allocs", "frees", "bytes", "mallocs", "callocs", "reallocs", "memaligns")
+FIELDS = ("version", "pid", "allocs", "frees", "bytes", "mallocs", "callocs", "reallocs", "memaligns",
+          "tls_allocs")
 _FMT = "=8s%dQ" % len(FIELDS)
 _SIZE = struct.calcsize(_FMT)
 
@@ -33,8 +34,8 @@ def read_counts(path):
         raise ValueError("%s: not an alloc_count file (yet)" % path)
     vals = struct.unpack(_FMT, data)
     out = dict(zip(FIELDS, vals[1:]))
-    if out["version"] != 1:
-        raise ValueError("%s: alloc_count layout version %d, this reader knows 1" % (path, out["version"]))
+    if out["version"] != 2:
+        raise ValueError("%s: alloc_count layout version %d, this reader knows 2" % (path, out["version"]))
     return out
 
 
