@@ -208,8 +208,9 @@ class Subscriber:
 
 
 class Bridge:
-    def __init__(self, pki, workdir, mosquitto, sections=None, upstream_unix=False):
+    def __init__(self, pki, workdir, mosquitto, sections=None, upstream_unix=False, env=None):
         self.pki = pki
+        self.env = env  # the daemon's environment (None: the tests' own)
         self.dir = workdir
         self.port = free_port()
         self.conf = os.path.join(workdir, "bridge.ini")
@@ -250,7 +251,7 @@ class Bridge:
         self.logf = open(self.log, "a")
         self.log_offset = os.path.getsize(self.log)
         self.proc = subprocess.Popen(BRIDGE_WRAPPER + [BRIDGE_BIN, "--config", self.conf],
-                                     stdout=self.logf, stderr=self.logf)
+                                     stdout=self.logf, stderr=self.logf, env=self.env)
         # The daemon says "ready" once it listens (after READY=1); waiting
         # for that rather than probing the port keeps the log clean.
         try:
@@ -392,6 +393,7 @@ class BridgeTestCase(unittest.TestCase):
     persistence = False
     mosquitto_extra = ()
     mosquitto_listener_extra = ()
+    bridge_env = None  # the daemon's environment, if not the tests' own
     users = {
         "observer": "observer-pw",
         "sensor-1": "pw-1",
@@ -408,7 +410,8 @@ class BridgeTestCase(unittest.TestCase):
         cls.mosquitto = Mosquitto(cls.pki, cls.tmp, cls.users, unix_socket=True,
                                   persistence=cls.persistence, extra=cls.mosquitto_extra,
                                   listener_extra=cls.mosquitto_listener_extra)
-        cls.bridge = Bridge(cls.pki, cls.tmp, cls.mosquitto, cls.bridge_sections, cls.upstream_unix)
+        cls.bridge = Bridge(cls.pki, cls.tmp, cls.mosquitto, cls.bridge_sections, cls.upstream_unix,
+                            env=cls.bridge_env)
         try:
             cls.mosquitto.start()
             cls.bridge.start()
