@@ -16,6 +16,10 @@
  * a Unix socket ([upstream] host = an absolute path), and TLS over TCP
  * through OpenSSL with the pool's SSL_CTX (CA verification, the SAN host /
  * IP check against server_name or host, optional client certificate).
+ * The pool keeps the TLS session of the last full handshake with each
+ * host, and new links to that host resume it: only a verified handshake
+ * is kept, for that host and name, for an hour at most; a new context
+ * (uplink_pool_set_config) forgets them all.
  * Connect, TLS handshake and CONNACK are bounded by connect_timeout.
  *
  * Keepalive (§3.1.2.10): a PINGREQ when nothing was sent for keepalive
@@ -97,7 +101,8 @@ int uplink_pool_new(sd_event *event, const struct config_upstream *cfg, SSL_CTX 
  * pool. No callbacks are made. NULL-safe. */
 void uplink_pool_free(struct uplink_pool *p);
 /* Settings and TLS context for links connected from now on (reload). cfg
- * borrowed as above; ctx referenced. */
+ * borrowed as above; ctx referenced, and its new-session callback set to
+ * the pool's. The TLS sessions kept so far are dropped. */
 void uplink_pool_set_config(struct uplink_pool *p, const struct config_upstream *cfg, SSL_CTX *ctx);
 /* The largest packet accepted from the broker, fixed header included
  * (0: the default, 256 KiB = [limits] max_packet_size's default). A larger

@@ -672,6 +672,10 @@ int tls_client_ctx_new(const struct config_upstream *u, SSL_CTX **out, char *err
          * Read-ahead: one read(2) per record or several, not the header
          * and the body apart (tls_conn_pending asks SSL_has_pending). */
         SSL_CTX_set_read_ahead(ctx, 1);
+        /* The uplink pool keeps one session per broker host through the
+         * new-session callback (uplink.c) for its links to resume; none
+         * in OpenSSL's own store, which a client never looks up. */
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
         if (u->ciphers && SSL_CTX_set_cipher_list(ctx, u->ciphers) != 1) {
                 openssl_reason(why, sizeof why);
                 snprintf(err, errlen, "[upstream] ciphers: \"%s\": %s", u->ciphers, why);

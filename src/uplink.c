@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "uplink_connect.h"
@@ -347,6 +348,93 @@ static void uplink_read(struct uplink *u)
         uplink_schedule(u);
 }
 
+/* ---- TLS sessions: one per [upstream] host, offered by every new link ---- */
+
+/* SSL ex_data: the struct uplink of a link's SSL, for the new-session
+ * callback. -1: none (no resumption). */
+static int uplink_ssl_index = -1;
+
+static void uplink_tls_session_clear(struct uplink_tls_session *t)
+{
+        SSL_SESSION_free(t->sess);
+        free(t->name);
+        *t = (struct uplink_tls_session) { 0 };
+}
+
+static void uplink_pool_forget_tls_sessions(struct uplink_pool *p)
+{
+        for (size_t i = 0; i < CONFIG_MAX_HOSTS; i++)
+                uplink_tls_session_clear(&p->tls_sessions[i]);
+}
+
+/* The session u may offer: stored for the host u dialled, verified for
+ * the same name, with the context u uses and the pool has now (a reload
+ * makes a new one, with perhaps another CA), and not too old. */
+static SSL_SESSION *uplink_tls_session_for(struct uplink *u)
+{
+        struct uplink_pool *p = u->pool;
+        struct uplink_tls_session *t;
+
+        if (u->dialer.host >= CONFIG_MAX_HOSTS || !u->ctx || u->ctx != p->ctx)
+                return NULL;
+        t = &p->tls_sessions[u->dialer.host];
+        if (!t->sess || strcmp(t->name, u->tls_name ? u->tls_name : "") != 0)
+                return NULL;
+        long made = SSL_SESSION_get_time(t->sess), lifetime = SSL_SESSION_get_timeout(t->sess);
+        if (uplink_now(p) - t->since >= UPLINK_TLS_SESSION_MAX_AGE_USEC || time(NULL) - made >= lifetime ||
+            !SSL_SESSION_is_resumable(t->sess)) {
+                uplink_tls_session_clear(t);
+                return NULL;
+        }
+        return t->sess;
+}
+
+/* SSL_CTX_sess_set_new_cb: a session the broker gave (TLS 1.2: at the
+ * end of the handshake; TLS 1.3: each NewSessionTicket after it). Kept
+ * only from a full handshake whose certificate chain and name verified,
+ * so that no resumed link inherits anything but a real verification,
+ * and never from a handshake whose context is no longer the pool's. A
+ * later full handshake replaces it.
+ *
+ * The pool keeps a copy of its own (the certificate is shared, not
+ * copied), and every link resumes from a copy of that: OpenSSL marks the
+ * session a TLS 1.3 handshake resumed, and the session of a connection
+ * freed without close_notify, as not resumable (SSL_CTX_remove_session,
+ * also without an internal store), which would otherwise spoil it for
+ * every link after the first. One ticket for many links is what RFC 8446
+ * §C.4 advises against for privacy: the broker sees one bridge either
+ * way. A broker that takes each ticket once only makes every other link
+ * a full handshake, which stores a fresh ticket. */
+static int uplink_on_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+        struct uplink *u = uplink_ssl_index >= 0 ? SSL_get_ex_data(ssl, uplink_ssl_index) : NULL;
+        struct uplink_tls_session *t;
+        SSL_SESSION *copy;
+        char *name;
+
+        if (!u || !uplink_alive(u) || u->dialer.host >= CONFIG_MAX_HOSTS || SSL_get_SSL_CTX(ssl) != u->pool->ctx ||
+            SSL_session_reused(ssl) || SSL_get_verify_result(ssl) != X509_V_OK ||
+            !SSL_get0_peer_certificate(ssl) || !SSL_SESSION_is_resumable(sess))
+                return 0;
+        name = strdup(u->tls_name ? u->tls_name : "");
+        copy = SSL_SESSION_dup(sess);
+        if (!name || !copy) {
+                free(name);
+                SSL_SESSION_free(copy);
+                return 0;
+        }
+        t = &u->pool->tls_sessions[u->dialer.host];
+        uplink_tls_session_clear(t);
+        t->sess = copy;
+        t->name = name;
+        t->since = uplink_now(u->pool);
+        if (log_enabled(LOG_LEVEL_DEBUG)) {
+                struct log_fields f = uplink_fields(u, NULL);
+                log_msg(LOG_LEVEL_DEBUG, &f, "upstream TLS session of %s kept: new links resume it", u->dialer.peer);
+        }
+        return 0;       /* OpenSSL keeps its reference */
+}
+
 /* ---- connecting ---- */
 
 static void uplink_transport_up(struct uplink *u);
@@ -367,6 +455,9 @@ static void uplink_handshake(struct uplink *u)
         if (r == 0)
                 return;
         if (r < 0) {
+                /* Whatever went wrong, the next link starts afresh. */
+                if (u->tls_resume_offered && u->dialer.host < CONFIG_MAX_HOSTS)
+                        uplink_tls_session_clear(&u->pool->tls_sessions[u->dialer.host]);
                 uplink_lost(u, "TLS handshake with the broker at %s failed: %s", u->dialer.peer, why);
                 return;
         }
@@ -374,7 +465,8 @@ static void uplink_handshake(struct uplink *u)
                 struct log_fields f = uplink_fields(u, NULL);
                 log_msg(LOG_LEVEL_DEBUG, &f, "upstream TLS to %s: %s, %s%s", u->dialer.peer,
                         SSL_get_version(u->tc.ssl), SSL_get_cipher_name(u->tc.ssl),
-                        SSL_session_reused(u->tc.ssl) ? ", resumed" : "");
+                        SSL_session_reused(u->tc.ssl) ? ", resumed" :
+                        u->tls_resume_offered ? ", full (the broker did not resume the session)" : "");
         }
         u->state = UPLINK_WAIT_CONNACK;
         (void) uplink_flush(u);         /* the CONNECT */
@@ -410,6 +502,16 @@ static void uplink_transport_up(struct uplink *u)
                         return;
                 }
                 u->tls = true;
+                /* Resume the host's session when there is one: the broker
+                 * then sends no certificate chain to parse and verify, and
+                 * the link shares the parsed certificate instead of holding
+                 * its own (bench/README.md: about 7 kB a link). */
+                if (uplink_ssl_index >= 0 && SSL_set_ex_data(u->tc.ssl, uplink_ssl_index, u) == 1) {
+                        SSL_SESSION *sess = uplink_tls_session_for(u);
+                        SSL_SESSION *copy = sess ? SSL_SESSION_dup(sess) : NULL;
+                        u->tls_resume_offered = copy && SSL_set_session(u->tc.ssl, copy) == 1;
+                        SSL_SESSION_free(copy); /* the SSL holds it now */
+                }
                 u->state = UPLINK_TLS_HANDSHAKE;
                 uplink_handshake(u);
                 return;
@@ -769,6 +871,8 @@ int uplink_pool_new(sd_event *event, const struct config_upstream *cfg, SSL_CTX 
                 return -ENOMEM;
         p->event = sd_event_ref(event);
         p->max_packet = UPLINK_MAX_PACKET_DEFAULT;
+        if (uplink_ssl_index < 0)
+                uplink_ssl_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
         uplink_pool_set_config(p, cfg, ctx);
         *out = p;
         return 0;
@@ -783,6 +887,7 @@ void uplink_pool_free(struct uplink_pool *p)
                 p->all->busy = 0;
                 uplink_free(p->all);
         }
+        uplink_pool_forget_tls_sessions(p);
         SSL_CTX_free(p->ctx);
         sd_event_unref(p->event);
         free(p);
@@ -790,8 +895,13 @@ void uplink_pool_free(struct uplink_pool *p)
 
 void uplink_pool_set_config(struct uplink_pool *p, const struct config_upstream *cfg, SSL_CTX *ctx)
 {
-        if (ctx)
+        /* Sessions were verified with the old context's CA and names, for
+         * the old host list: none is offered under the new ones. */
+        uplink_pool_forget_tls_sessions(p);
+        if (ctx) {
                 SSL_CTX_up_ref(ctx);
+                SSL_CTX_sess_set_new_cb(ctx, uplink_on_new_session);
+        }
         SSL_CTX_free(p->ctx);
         p->ctx = ctx;
         p->cfg = cfg;

@@ -26,6 +26,12 @@
 #define UPLINK_READS_PER_EVENT 16        /* then let other links have the loop */
 #define UPLINK_TIMER_ACCURACY_USEC (50 * 1000ULL)
 #define UPLINK_DEFAULT_CONNECT_TIMEOUT 10
+/* A broker's TLS session is offered again for at most this long after the
+ * full handshake that verified its certificate: resumption skips the
+ * check, so a broker certificate revoked or replaced (or a capath
+ * changed on disk) is seen again within this time. A reload forgets
+ * every session at once. */
+#define UPLINK_TLS_SESSION_MAX_AGE_USEC (3600 * USEC_PER_SEC)
 /* The default cap on a packet from the broker: [limits] max_packet_size's
  * default. The owner sets the configured value with
  * uplink_pool_set_max_packet(); §2.2.3 allows up to 268435460 bytes, far
@@ -62,6 +68,7 @@ struct uplink {
         bool over_high;                 /* reached the high-water mark: on_writable owed */
         bool draining;                  /* closed gracefully: DISCONNECT, then EOF */
         bool write_shut;                /* DISCONNECT written, SHUT_WR done */
+        bool tls_resume_offered;        /* the pool's session for this host went into the ClientHello */
 
         struct bytebuf out;             /* queued for the broker */
         size_t reserved;                /* what uplink_reserve gave room for */
@@ -77,6 +84,16 @@ struct uplink {
         char *name, *client_id;         /* for log lines */
 };
 
+/* The TLS session of the last full handshake with one [upstream] host,
+ * offered by every new link to that host (TLS resumption: no certificate
+ * chain to send, parse and verify again; the parsed certificate is shared
+ * instead of held by each link). */
+struct uplink_tls_session {
+        SSL_SESSION *sess;              /* NULL: none yet */
+        char *name;                     /* the name it was verified for; "" = the context's */
+        uint64_t since;                 /* CLOCK_MONOTONIC usec it was stored */
+};
+
 struct uplink_pool {
         sd_event *event;
         const struct config_upstream *cfg;
@@ -85,6 +102,7 @@ struct uplink_pool {
         struct uplink *all;
         unsigned n_open, n_connected;
         unsigned host_pref;             /* [upstream] host tried first: the one that worked last */
+        struct uplink_tls_session tls_sessions[CONFIG_MAX_HOSTS]; /* by [upstream] host; for ctx only */
         char why[256];                  /* uplink_connect's reason */
         uint8_t scratch[UPLINK_READ_CHUNK]; /* handlers never nest: one read buffer for all */
 };

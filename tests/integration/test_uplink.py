@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -169,6 +170,57 @@ class FakeBroker:
 
 
 CONNACK_OK = b"\x20\x02\x00\x00"
+
+
+class FakeTlsBroker:
+    """A TLS server on 127.0.0.1 with one SSLContext, so that its session
+    tickets resume on every connection whatever name the client dialled
+    (mosquitto's would too, on one listener). Connection i does
+    actions[i]: "connack" (CONNACK 0, then read until the client goes) or
+    "close" (close after the CONNECT: the link fails before CONNACK). handshakes[i]: "resumed", "full" or the handshake's error."""
+
+    def __init__(self, cert, actions, max_version=None):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert[0], cert[1])
+        if max_version:
+            self.ctx.maximum_version = max_version
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.handshakes = []
+        self.thread = threading.Thread(target=self._run, args=(list(actions),), daemon=True)
+        self.thread.start()
+
+    def _run(self, actions):
+        self.sock.settimeout(30)
+        for action in actions:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.settimeout(10)
+            try:
+                t = self.ctx.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError) as e:
+                self.handshakes.append("error: %s" % e)
+                conn.close()
+                continue
+            self.handshakes.append("resumed" if t.session_reused else "full")
+            try:
+                t.recv(4096)                    # CONNECT
+                if action == "connack":
+                    t.sendall(CONNACK_OK)
+                    while t.recv(4096):         # DISCONNECT, then close_notify / EOF
+                        pass
+            except (OSError, ssl.SSLError):
+                pass
+            t.close()
+
+    def close(self):
+        self.sock.close()
+        self.thread.join(10)
 
 
 class UplinkTest(unittest.TestCase):
@@ -466,6 +518,82 @@ class UplinkTest(unittest.TestCase):
         p = self.run_probe("flood", *self.tls_args(), "--client-id", "u-tls-flood", "--count", "2000",
                            "--size", "1000", "--topic", "u/flood", timeout=60)
         print("# TLS:", p.wait_line("flood acked=2000"))
+
+    # -- TLS session resumption (issue 13): one session per host, for every link --
+
+    def tls_handshakes(self, p):
+        """Each TLS link's handshake in order, from the uplink's debug line:
+        "resumed", or "full" (with or without a session offered)."""
+        return ["resumed" if m.group(1) == ", resumed" else "full"
+                for m in re.finditer(r"upstream TLS to \S+: TLSv[\d.]+, \S+?(, resumed)?[ ,\n]", p.err)]
+
+    def test_tls_later_links_resume(self):
+        """The broker's certificate chain is sent, parsed and verified
+        once; the next links resume that session (and share the parsed
+        certificate instead of holding one each)."""
+        p = self.run_probe("connect", *self.tls_args(), "--client-id", "u-tls-resume", "--again", "2", "--debug")
+        self.assertEqual(len(p.find("connack rc=0")), 3, repr(p))
+        self.assertEqual(self.tls_handshakes(p), ["full", "resumed", "resumed"], repr(p))
+
+    def test_tls_reload_forgets_the_session(self):
+        p = self.run_probe("connect", *self.tls_args(), "--client-id", "u-tls-reload", "--again", "2",
+                           "--again-reload", "--debug")
+        self.assertIn("reloaded", p.lines)
+        self.assertEqual(len(p.find("connack rc=0")), 3, repr(p))
+        # A new context (perhaps a new CA): verified afresh, then resumed.
+        self.assertEqual(self.tls_handshakes(p), ["full", "full", "resumed"], repr(p))
+
+    def test_tls_reload_to_another_ca_is_not_resumed_past_it(self):
+        """mosquitto would resume the first link's session (same listener):
+        offered after a reload to a CA that does not sign the broker, it
+        would let the link skip the check that must now fail."""
+        p = self.run_probe("connect", *self.tls_args(), "--client-id", "u-tls-reca", "--again", "1",
+                           "--again-cafile", self.other_ca.ca_crt, "--debug", rc=3)
+        self.assertEqual(len(p.find("connack rc=0")), 1, repr(p))
+        self.assertRegex(self.lost_reason(p), r"certificate verify failed: (unable to get local issuer "
+                                              r"certificate|self-signed certificate in certificate chain)$")
+
+    def test_tls_reload_to_another_name_is_not_resumed_past_it(self):
+        p = self.run_probe("connect", *self.tls_args(), "--client-id", "u-tls-rename", "--again", "1",
+                           "--again-server-name", "wrong.example", "--debug", rc=3)
+        self.assertEqual(len(p.find("connack rc=0")), 1, repr(p))
+        self.assertRegex(self.lost_reason(p), r"certificate verify failed: hostname mismatch$")
+
+    def test_tls_resumes_with_tls12_tickets(self):
+        fb = FakeTlsBroker(self.broker_cert, ["connack", "connack"], max_version=ssl.TLSVersion.TLSv1_2)
+        try:
+            p = self.run_probe("connect", "--port", fb.port, "--cafile", self.ca.ca_crt, "--again", "1", "--debug")
+        finally:
+            fb.close()
+        self.assertEqual(fb.handshakes, ["full", "resumed"], repr(p))
+        self.assertEqual(self.tls_handshakes(p), ["full", "resumed"], repr(p))
+        self.assertIn("TLSv1.2", p.err)
+
+    def test_tls_session_of_one_host_is_not_offered_to_another(self):
+        """[upstream] host = 127.0.0.1 localhost, one broker whose tickets
+        resume whatever name was dialled, whose certificate is for
+        127.0.0.1 only. The first link verifies for 127.0.0.1, gets a
+        ticket and fails before CONNACK, so the pool moves to localhost;
+        had that link been offered the ticket, it would resume and never
+        check the name. The control (same host twice) resumes."""
+        fb = FakeTlsBroker(self.broker_cert, ["connack", "connack"])
+        try:
+            p = self.run_probe("connect", "--port", fb.port, "--cafile", self.ca.ca_crt, "--again", "1", "--debug")
+        finally:
+            fb.close()
+        self.assertEqual(fb.handshakes, ["full", "resumed"], repr(p))
+        fb = FakeTlsBroker(self.broker_cert, ["close", "connack"])
+        try:
+            p = self.run_probe("connect", "--port", fb.port, "--cafile", self.ca.ca_crt, "--host2", "localhost",
+                               "--again", "1", "--debug", rc=3)
+        finally:
+            fb.close()
+        self.assertEqual(fb.handshakes[:1], ["full"], repr(p))
+        self.assertRegex(p.err, r"(?s)TLS session of 127\.0\.0\.1:\d+ kept.*did not work .*try localhost", repr(p))
+        lost = p.find("lost why=")
+        self.assertEqual(len(lost), 2, repr(p))
+        self.assertRegex(lost[1], r"certificate verify failed: hostname mismatch$", repr(p))
+        self.assertNotIn("resumed", fb.handshakes, repr(p))
 
     # -- what only a broken broker does --
 

@@ -24,6 +24,14 @@
  *              uplink_writable(), the rest from on_writable (or a
  *              graceful close there: --close-at-writable)
  *   wait       connect and wait for whatever the broker does
+ *
+ * --again N runs the scenario N more times on the same pool, one link
+ * after the other ("again n=K" before each), whatever the previous one
+ * did; the exit status is the last link's. --again-cafile, --again-server-
+ * name and --again-reload give the pool a new configuration and TLS
+ * context first, as a reload does. --host2 adds a second [upstream] host
+ * on the same port. With --debug the uplink's log says whether a link's
+ * TLS session was resumed.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -45,6 +53,9 @@ static struct {
         bool ack, pause, graceful, close_at_writable, forget_refused;
         struct uplink_params params;
         size_t max_packet;
+        unsigned again;
+        const char *again_cafile, *again_server_name;
+        bool again_reload;
 } opt = {
         .topic = "probe/t",
         .qos = 1,
@@ -60,6 +71,8 @@ static struct {
 static struct {
         sd_event *event;
         struct uplink_pool *pool;
+        struct config_upstream *cfg;
+        unsigned links;
         struct uplink *u;
         bool closed;
         int status;
@@ -324,8 +337,45 @@ static int on_timeout(sd_event_source *s, uint64_t usec, void *ud)
         return 0;
 }
 
+/* The next link of --again, after a reload first when asked (once). */
+static void again(void)
+{
+        const char *why = NULL;
+        SSL_CTX *ctx = NULL;
+        char err[512];
+
+        st.links++;
+        printf("again n=%u\n", st.links);
+        if (st.links == 1 && (opt.again_cafile || opt.again_server_name || opt.again_reload)) {
+                static struct config_upstream cfg2;
+                cfg2 = *st.cfg;
+                if (opt.again_cafile)
+                        cfg2.cafile = (char *) opt.again_cafile;
+                if (opt.again_server_name) {
+                        cfg2.server_name = (char *) opt.again_server_name;
+                        for (size_t i = 0; i < cfg2.n_hosts; i++)
+                                cfg2.hosts[i].server_name = cfg2.server_name;
+                }
+                if (tls_client_ctx_new(&cfg2, &ctx, err, sizeof err) < 0) {
+                        printf("reload failed why=%s\n", err);
+                        sd_event_exit(st.event, 2);
+                        return;
+                }
+                uplink_pool_set_config(st.pool, &cfg2, ctx);
+                SSL_CTX_free(ctx);
+                printf("reloaded\n");
+        }
+        st.closed = false;
+        st.status = 0;
+        st.acked = st.received = st.sent = 0;
+        if (uplink_connect(st.pool, &opt.params, &ops, NULL, &st.u, &why) < 0) {
+                printf("refused why=%s\n", why);
+                sd_event_exit(st.event, 5);
+        }
+}
+
 /* After every event: once the link is closed and the pool empty (a
- * graceful close finishes on its own), stop. */
+ * graceful close finishes on its own), stop, or start the next link. */
 static int on_post(sd_event_source *s, void *ud)
 {
         unsigned open, connected;
@@ -334,7 +384,9 @@ static int on_post(sd_event_source *s, void *ud)
         if (!st.closed)
                 return 0;
         uplink_pool_count(st.pool, &open, &connected);
-        if (open == 0) {
+        if (open == 0 && st.links < opt.again)
+                again();
+        else if (open == 0) {
                 printf("done\n");
                 sd_event_exit(st.event, st.status);
         }
@@ -380,11 +432,16 @@ int main(int argc, char **argv)
                 { "close-at-writable", no_argument, NULL, 'X' },
                 { "forget-refused", no_argument, NULL, 'F' },
                 { "debug", no_argument, NULL, 'd' },
+                { "again", required_argument, NULL, 'g' },
+                { "again-cafile", required_argument, NULL, 'G' },
+                { "again-server-name", required_argument, NULL, 'N' },
+                { "again-reload", no_argument, NULL, 'R' },
+                { "host2", required_argument, NULL, '2' },
                 {},
         };
         struct config_upstream cfg = { .host = (char *) "127.0.0.1", .port = 1883, .connect_timeout = 10 };
         SSL_CTX *ctx = NULL;
-        const char *why = NULL;
+        const char *why = NULL, *host2 = NULL;
         char err[512];
         int c, r;
         sigset_t ss;
@@ -436,6 +493,11 @@ int main(int argc, char **argv)
                 case 'X': opt.close_at_writable = true; break;
                 case 'F': opt.forget_refused = true; break;
                 case 'd': log_setup(LOG_LEVEL_DEBUG, LOG_TARGET_STDERR); break;
+                case 'g': opt.again = (unsigned) atoi(optarg); break;
+                case 'G': opt.again_cafile = optarg; break;
+                case 'N': opt.again_server_name = optarg; break;
+                case 'R': opt.again_reload = true; break;
+                case '2': host2 = optarg; break;
                 default: usage();
                 }
         }
@@ -445,6 +507,13 @@ int main(int argc, char **argv)
         cfg.hosts[0].port = cfg.port;
         cfg.hosts[0].server_name = cfg.server_name ? cfg.server_name : (cfg.host[0] == '/' ? NULL : cfg.host);
         cfg.n_hosts = 1;
+        if (host2) {
+                cfg.hosts[1].name = (char *) host2;
+                cfg.hosts[1].port = cfg.port;
+                cfg.hosts[1].server_name = cfg.server_name ? cfg.server_name : (char *) host2;
+                cfg.n_hosts = 2;
+        }
+        st.cfg = &cfg;
         r = tls_client_ctx_new(&cfg, &ctx, err, sizeof err);
         if (r < 0) {
                 fprintf(stderr, "TLS: %s\n", err);
