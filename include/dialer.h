@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <stdbool.h>
+
 /*
  * dialer — where [upstream] points, and a non-blocking connect(2) to each
  * of its addresses in turn: TCP (IPv4/IPv6, optional bind_address,
@@ -58,6 +60,19 @@ int dialer_init(struct dialer *d, const struct config_upstream *cfg, unsigned fi
  * one tried here failed (untouched if none was left to try).
  */
 int dialer_next(struct dialer *d, char *why, size_t whylen);
+
+/*
+ * A Unix listener whose queue is full refuses connect(2) at once with
+ * EAGAIN, where TCP would queue the SYN (mosquitto listens on its Unix
+ * socket with a short queue, so a burst of devices meets it): true when r,
+ * from dialer_next or dialer_again, was that, and the same address is
+ * worth dialling again shortly.
+ */
+bool dialer_queue_full(const struct dialer *d, int r);
+
+/* Dial the address dialer_next tried last once more. Returns what
+ * dialer_next returns (-EHOSTUNREACH when none was tried). */
+int dialer_again(struct dialer *d, char *why, size_t whylen);
 
 /* The name the broker's certificate must carry for the address being
  * dialled ([upstream] server_name, or that host's own name); NULL for a

@@ -189,6 +189,18 @@ static int dialer_open(struct dialer *d, unsigned i, char *why, size_t whylen)
         return fd;
 }
 
+bool dialer_queue_full(const struct dialer *d, int r)
+{
+        return r == -EAGAIN && d->addr && d->next > 0 && d->addr[d->next - 1].sa.ss_family == AF_UNIX;
+}
+
+int dialer_again(struct dialer *d, char *why, size_t whylen)
+{
+        if (!d->addr || d->next == 0)
+                return -EHOSTUNREACH;
+        return dialer_open(d, d->next - 1, why, whylen);
+}
+
 int dialer_next(struct dialer *d, char *why, size_t whylen)
 {
         int r = -EHOSTUNREACH;

@@ -520,6 +520,36 @@ static void uplink_transport_up(struct uplink *u)
         (void) uplink_flush(u);
 }
 
+/* 10-50 ms, spread so that a burst does not come back all at once. */
+static uint64_t uplink_redial_delay(const struct uplink *u)
+{
+        uint64_t x = (uint64_t) (uintptr_t) u ^ uplink_now(u->pool);
+
+        x ^= x >> 29;
+        x *= 0xbf58476d1ce4e5b9ULL;
+        x ^= x >> 32;
+        return 10000 + x % 40000;
+}
+
+void uplink_redial(struct uplink *u, uint64_t now)
+{
+        char why[256] = "";
+        int fd = dialer_again(&u->dialer, why, sizeof why);
+
+        if (dialer_queue_full(&u->dialer, fd)) {
+                u->redial_at = now + uplink_redial_delay(u);
+                return;
+        }
+        u->redial_at = 0;
+        if (fd < 0) {
+                uplink_lost(u, "%s", why[0] ? why : "cannot connect to the broker");
+                return;
+        }
+        u->fd = fd;
+        if (uplink_watch(u) < 0)
+                uplink_lost(u, "cannot watch the upstream socket");
+}
+
 static void uplink_on_connect_event(struct uplink *u, uint32_t revents)
 {
         char why[256];
@@ -685,14 +715,23 @@ int uplink_connect(struct uplink_pool *p, const struct uplink_params *params,
         /* Connected or not yet, EPOLLOUT says so, from our own handler:
          * no callback ever runs inside uplink_connect(). */
         r = u->fd = dialer_next(&u->dialer, p->why, sizeof p->why);
-        if (r < 0)
+        bool full = dialer_queue_full(&u->dialer, r);
+        if (r < 0 && !full)
                 goto fail;
 
         now = uplink_now(p);
         u->deadline = now + (uint64_t) u->connect_timeout * USEC_PER_SEC;
-        r = uplink_watch(u);
+        if (full) {
+                /* A burst of devices, not the broker away: dial again in a
+                 * moment (uplink_redial), until connect_timeout. */
+                u->fd = -1;
+                u->redial_at = now + uplink_redial_delay(u);
+                r = 0;
+        } else {
+                r = uplink_watch(u);
+        }
         if (r >= 0)
-                r = sd_event_add_time(p->event, &u->timer, CLOCK_MONOTONIC, u->deadline,
+                r = sd_event_add_time(p->event, &u->timer, CLOCK_MONOTONIC, full ? u->redial_at : u->deadline,
                                       UPLINK_TIMER_ACCURACY_USEC, uplink_on_timer, u);
         if (r >= 0)
                 r = sd_event_add_defer(p->event, &u->defer, uplink_on_defer, u);

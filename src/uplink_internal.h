@@ -76,6 +76,7 @@ struct uplink {
 
         uint64_t t_sent, t_recv;        /* CLOCK_MONOTONIC usec of the last write / read */
         uint64_t deadline;              /* connect timeout, or the linger limit */
+        uint64_t redial_at;             /* a full Unix listen queue: dial again then (0: not waiting) */
         uint16_t keepalive;
         unsigned connect_timeout;
 
@@ -147,6 +148,7 @@ void uplink_pool_host_worked(struct uplink_pool *p, unsigned host);
 void uplink_arm_timer(struct uplink *u, uint64_t now);
 /* The timer's handler: connect timeout, linger limit, keepalive. */
 int uplink_on_timer(sd_event_source *s, uint64_t usec, void *userdata);
+void uplink_redial(struct uplink *u, uint64_t now);
 /* Queue a PINGREQ or DISCONNECT. Returns 0 or -ENOMEM. */
 int uplink_queue_empty_packet(struct uplink *u, enum mqtt_type type);
 /* Deliver the whole packets at the start of buf; returns the bytes used.

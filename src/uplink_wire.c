@@ -14,6 +14,8 @@ static uint64_t uplink_next_due(const struct uplink *u, uint64_t now)
 {
         uint64_t ka = (uint64_t) u->keepalive * USEC_PER_SEC, next;
 
+        if (!u->draining && u->redial_at)
+                return u->redial_at < u->deadline ? u->redial_at : u->deadline;
         if (u->draining || u->state != UPLINK_CONNECTED)
                 return u->deadline;
         if (!ka)
@@ -57,6 +59,14 @@ int uplink_on_timer(sd_event_source *s, uint64_t usec, void *userdata)
                                     (unsigned long long) (UPLINK_LINGER_USEC / USEC_PER_SEC));
                         goto out;
                 }
+        } else if (u->redial_at) {
+                if (now >= u->deadline) {
+                        uplink_lost(u, "upstream connect to %s timed out after %u s: the broker's listen queue "
+                                    "stayed full", u->dialer.peer, u->connect_timeout);
+                        goto out;
+                }
+                if (now >= u->redial_at)
+                        uplink_redial(u, now);
         } else if (u->state < UPLINK_CONNECTED) {
                 if (now >= u->deadline) {
                         uplink_lost(u, "upstream connect to %s timed out after %u s %s", u->dialer.peer,

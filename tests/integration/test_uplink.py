@@ -404,6 +404,87 @@ class UplinkTest(unittest.TestCase):
         finally:
             obs.close()
 
+    def test_unix_listen_queue_full_is_dialled_again(self):
+        # mosquitto listens on its Unix socket with a short queue, and a
+        # full one refuses connect(2) at once with EAGAIN (TCP would queue
+        # the SYN): a burst of devices, not the broker away. The link dials
+        # again every 10-50 ms until connect_timeout.
+        path = os.path.join(self.tmp, "full.sock")
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lsock.bind(path)
+        lsock.listen(0)
+        fillers = []
+        try:
+            for _ in range(16):     # fill the queue until it refuses
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.setblocking(False)
+                try:
+                    c.connect(path)
+                except BlockingIOError:
+                    c.close()
+                    break
+                fillers.append(c)
+            else:
+                self.fail("the listen queue never filled")
+            p = Probe("connect", "--host", path, "--client-id", "u-full", "--connect-timeout", "10")
+            time.sleep(0.5)         # the queue stays full for a while: the link must wait, not fail
+            self.assertEqual(p.find("lost"), [], repr(p))
+            self.assertIsNone(p.proc.poll(), repr(p))
+            for c in fillers:       # the queue drains: take the fillers, then the link
+                c.close()
+            lsock.settimeout(10)
+            got_link = False
+            for _ in range(len(fillers) + 2):
+                conn, _ = lsock.accept()
+                conn.settimeout(5)
+                try:
+                    first = conn.recv(1)
+                except OSError:
+                    first = b""
+                if first and first[0] >> 4 == 1:   # CONNECT
+                    conn.recv(4096)
+                    conn.sendall(CONNACK_OK)
+                    got_link = True
+                    try:
+                        conn.recv(4096)            # its DISCONNECT, then EOF
+                    except OSError:
+                        pass
+                    conn.close()
+                    break
+                conn.close()
+            self.assertTrue(got_link, repr(p))
+            self.assertEqual(p.finish(), 0, repr(p))
+            self.assertIn("connack rc=0 sp=0", p.lines)
+        finally:
+            for c in fillers:
+                c.close()
+            lsock.close()
+
+    def test_unix_listen_queue_full_until_connect_timeout(self):
+        path = os.path.join(self.tmp, "full2.sock")
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lsock.bind(path)
+        lsock.listen(0)
+        fillers = []
+        try:
+            for _ in range(16):
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.setblocking(False)
+                try:
+                    c.connect(path)
+                except BlockingIOError:
+                    c.close()
+                    break
+                fillers.append(c)
+            p = self.run_probe("connect", "--host", path, "--client-id", "u-full2", "--connect-timeout", "1",
+                               rc=None)
+            self.assertNotEqual(p.rc, 0, repr(p))
+            self.assertIn("listen queue stayed full", self.lost_reason(p))
+        finally:
+            for c in fillers:
+                c.close()
+            lsock.close()
+
     def test_control_character_client_id(self):
         """What made libmosquitto close fd 0 (eclipse/mosquitto#2326): here
         the broker judges the id, and no foreign descriptor is touched."""
