@@ -22,13 +22,23 @@
 #define MQTT_STRING_MAX 65535u
 
 
+/* strlen(mountpoint) (0 for NULL) in *mlen; -ENAMETOOLONG when mountpoint +
+ * len bytes would be past §1.5.3's limit, else 0. */
+static int join_len(const char *mountpoint, size_t len, size_t *mlen)
+{
+        *mlen = mountpoint ? strlen(mountpoint) : 0;
+        if (len > MQTT_STRING_MAX || *mlen > MQTT_STRING_MAX - len)
+                return -ENAMETOOLONG;
+        return 0;
+}
+
 /* mountpoint + s[0..len), NUL-terminated, or -ENAMETOOLONG past §1.5.3's limit. */
 static int join(const char *mountpoint, const uint8_t *s, size_t len, char **out)
 {
-        size_t mlen = mountpoint ? strlen(mountpoint) : 0;
+        size_t mlen;
         char *p;
 
-        if (len > MQTT_STRING_MAX || mlen > MQTT_STRING_MAX - len)
+        if (join_len(mountpoint, len, &mlen) < 0)
                 return -ENAMETOOLONG;
         p = malloc(mlen + len + 1);
         if (!p)
@@ -87,8 +97,7 @@ int policy_topic_map(const char *mountpoint, const uint8_t *topic, size_t len, u
         r = check_topic_name(&mountpoint, topic, len);
         if (r < 0)
                 return r;
-        mlen = mountpoint ? strlen(mountpoint) : 0;
-        if (len > MQTT_STRING_MAX || mlen > MQTT_STRING_MAX - len)
+        if (join_len(mountpoint, len, &mlen) < 0)
                 return -ENAMETOOLONG;
         if (!mountpoint) {
                 *out = (struct mqtt_str){ topic, (uint16_t) len };

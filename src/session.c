@@ -105,22 +105,34 @@ static void session_unmark_busy(struct session *s)
         s->on_busy_list = false;
 }
 
-/* Release what an idle session does not need; what is half done (a
- * partial packet, unsent bytes) stays. */
-static void session_trim(struct session *s)
+/* Free the input buffer when it holds nothing and has room for more than
+ * keep bytes (as bytebuf_trim does). */
+static void session_release_in(struct session *s, size_t keep)
 {
-        if (s->in_len == 0 && s->in) {
+        if (s->in_len == 0 && s->in_cap > keep) {
                 free(s->in);
                 s->in = NULL;
                 s->in_cap = 0;
         }
-        if (s->out_off == s->out_len && s->out) {
+}
+
+/* The same for the output buffer: nothing left unsent, room over keep. */
+static void session_release_out(struct session *s, size_t keep)
+{
+        if (s->out_off == s->out_len && s->out_cap > keep) {
                 free(s->out);
                 s->out = NULL;
                 s->out_off = s->out_len = s->out_cap = 0;
         }
-        if (s->state != S_HANDSHAKE)
-                tls_conn_trim(&s->tls);
+}
+
+/* Release what an idle session does not need; what is half done (a
+ * partial packet, unsent bytes, a TLS record) stays. */
+static void session_trim(struct session *s)
+{
+        session_release_in(s, 0);
+        session_release_out(s, 0);
+        tls_conn_trim(&s->tls);
         outbox_trim(s->outbox);
         uplink_trim(s->up);
 }
@@ -243,11 +255,7 @@ static int session_write_out(struct session *s, char *why, size_t whylen)
         }
         /* Idle devices are most of them: keep no big buffer around. */
         s->out_off = s->out_len = 0;
-        if (s->out_cap > 4096) {
-                free(s->out);
-                s->out = NULL;
-                s->out_cap = 0;
-        }
+        session_release_out(s, 4096);
         return 0;
 }
 
@@ -428,11 +436,7 @@ static void session_process_input(struct session *s)
         uplink_push(s->up);
         if (s->state == S_CLOSED)
                 return;
-        if (s->in_len == 0 && s->in_cap > SESSION_READ_CHUNK) {
-                free(s->in);
-                s->in = NULL;
-                s->in_cap = 0;
-        }
+        session_release_in(s, SESSION_READ_CHUNK);
         session_flush(s);
 }
 

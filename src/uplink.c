@@ -773,12 +773,9 @@ void uplink_trim(struct uplink *u)
 {
         if (!u)
                 return;
-        if (bytebuf_size(&u->out) == 0)
-                bytebuf_free(&u->out);
-        if (bytebuf_size(&u->in) == 0)
-                bytebuf_free(&u->in);
-        if (u->tls && u->tc.handshake_done)
-                tls_conn_trim(&u->tc);
+        bytebuf_trim(&u->out, 0);
+        bytebuf_trim(&u->in, 0);
+        tls_conn_trim(&u->tc); /* nothing for a plain link (no SSL) or before the handshake */
 }
 
 bool uplink_is_connected(const struct uplink *u)
