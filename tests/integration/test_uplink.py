@@ -404,28 +404,36 @@ class UplinkTest(unittest.TestCase):
         finally:
             obs.close()
 
+    def full_unix_listener(self, name):
+        """A Unix listener that never accepts, its queue filled until a
+        non-blocking connect(2) is refused with EAGAIN: (path, listening
+        socket, the connections filling it)."""
+        path = os.path.join(self.tmp, name)
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lsock.bind(path)
+        lsock.listen(0)
+        fillers = []
+        for _ in range(16):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.setblocking(False)
+            try:
+                c.connect(path)
+            except BlockingIOError:
+                c.close()
+                return path, lsock, fillers
+            fillers.append(c)
+        for c in fillers:
+            c.close()
+        lsock.close()
+        self.fail("the listen queue never filled")
+
     def test_unix_listen_queue_full_is_dialled_again(self):
         # mosquitto listens on its Unix socket with a short queue, and a
         # full one refuses connect(2) at once with EAGAIN (TCP would queue
         # the SYN): a burst of devices, not the broker away. The link dials
         # again every 10-50 ms until connect_timeout.
-        path = os.path.join(self.tmp, "full.sock")
-        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        lsock.bind(path)
-        lsock.listen(0)
-        fillers = []
+        path, lsock, fillers = self.full_unix_listener("full.sock")
         try:
-            for _ in range(16):     # fill the queue until it refuses
-                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                c.setblocking(False)
-                try:
-                    c.connect(path)
-                except BlockingIOError:
-                    c.close()
-                    break
-                fillers.append(c)
-            else:
-                self.fail("the listen queue never filled")
             p = Probe("connect", "--host", path, "--client-id", "u-full", "--connect-timeout", "10")
             time.sleep(0.5)         # the queue stays full for a while: the link must wait, not fail
             self.assertEqual(p.find("lost"), [], repr(p))
@@ -461,21 +469,8 @@ class UplinkTest(unittest.TestCase):
             lsock.close()
 
     def test_unix_listen_queue_full_until_connect_timeout(self):
-        path = os.path.join(self.tmp, "full2.sock")
-        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        lsock.bind(path)
-        lsock.listen(0)
-        fillers = []
+        path, lsock, fillers = self.full_unix_listener("full2.sock")
         try:
-            for _ in range(16):
-                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                c.setblocking(False)
-                try:
-                    c.connect(path)
-                except BlockingIOError:
-                    c.close()
-                    break
-                fillers.append(c)
             p = self.run_probe("connect", "--host", path, "--client-id", "u-full2", "--connect-timeout", "1",
                                rc=None)
             self.assertNotEqual(p.rc, 0, repr(p))
